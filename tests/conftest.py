@@ -1,0 +1,29 @@
+"""Test set-up: two forced CPU devices, strict numerics, a persistent compilation cache.
+
+The environment must be set before JAX initialises its backend, hence at import time here.
+"""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+_CACHE = Path(__file__).resolve().parent.parent / ".jax_cache"
+jax.config.update("jax_compilation_cache_dir", str(_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_enable_x64", False)
+
+FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "guided_diffusion"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+  if not FIXTURES.is_dir():
+    pytest.fail(f"fixtures not found at {FIXTURES}; cfjax expects shared/ beside the checkout")
+  return FIXTURES
