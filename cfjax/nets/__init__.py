@@ -1,0 +1,11 @@
+"""Flax networks: the ADM UNet, predictors, and importers of PyTorch state dicts.
+
+Every network is registered by name in :mod:`cfjax.nets.registry` and used functionally:
+``net = build(config)`` gives ``net.apply(net.params, ...)``.
+"""
+
+from cfjax.nets.registry import Network, abstract_params, build, check_params, known_archs, register  # noqa: F401
+from cfjax.nets import unet  # noqa: F401  (registers "adm_unet")
+from cfjax.nets.unet import timestep_embedding  # noqa: F401
+from cfjax.nets.unet_configs import UNET_CONFIGS, diffusion_settings, unet_config  # noqa: F401
+from cfjax.nets import torch_import  # noqa: F401
