@@ -27,3 +27,10 @@ def fixtures_dir() -> Path:
   if not FIXTURES.is_dir():
     pytest.fail(f"fixtures not found at {FIXTURES}; cfjax expects shared/ beside the checkout")
   return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def unet_small(fixtures_dir):
+  """The fixtures' "small" guided-diffusion UNet, imported from its .npz state dict (shared)."""
+  from cfjax.nets import torch_import, unet_config
+  return torch_import.load_guided_diffusion(fixtures_dir / "model_small.npz", unet_config("small32"))

@@ -95,7 +95,7 @@ def make_apply(config: dict) -> Callable[..., Any]:
 def abstract_params(config: dict):
   """Parameter tree of ShapeDtypeStructs for ``config`` (no computation, no compilation)."""
   _, abstract_state = _graph_and_abstract(_key(config))
-  return abstract_state.to_pure_dict()
+  return nnx.to_pure_dict(abstract_state)
 
 
 def init_params(config: dict, seed: int = 0):
@@ -104,7 +104,7 @@ def init_params(config: dict, seed: int = 0):
 
   @jax.jit
   def _init():
-    return nnx.split(cls(**kwargs, rngs=nnx.Rngs(seed)))[1].to_pure_dict()
+    return nnx.to_pure_dict(nnx.split(cls(**kwargs, rngs=nnx.Rngs(seed)))[1])
 
   return _init()
 
