@@ -9,3 +9,6 @@ from cfjax.nets import unet  # noqa: F401  (registers "adm_unet")
 from cfjax.nets.unet import timestep_embedding  # noqa: F401
 from cfjax.nets.unet_configs import UNET_CONFIGS, diffusion_settings, unet_config  # noqa: F401
 from cfjax.nets import torch_import  # noqa: F401
+from cfjax.nets import registry  # noqa: F401
+from cfjax.nets import predictors  # noqa: F401  (registers "small_cnn", "resnet18", "oracle")
+from cfjax.nets.predictors import Predictor, load_predictor  # noqa: F401
