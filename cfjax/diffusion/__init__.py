@@ -23,3 +23,29 @@ from cfjax.diffusion.schedules import (  # noqa: F401
     tables_from_betas,
     to_device,
 )
+from cfjax.diffusion.gaussian import (  # noqa: F401
+    VARIANCES,
+    MeanVariance,
+    ModelFn,
+    extract,
+    model_timesteps,
+    p_mean_variance,
+    p_mean_variance_from_output,
+    predict_eps_from_xstart,
+    predict_xstart_from_eps,
+    q_posterior_mean_variance,
+    q_sample,
+)
+from cfjax.diffusion.samplers import (  # noqa: F401
+    MODES,
+    StepOutput,
+    ddim_chain,
+    ddim_invert,
+    ddim_reverse_step,
+    ddim_sample_loop,
+    ddim_step,
+    ddpm_chain,
+    ddpm_sample_loop,
+    ddpm_step,
+    run_chain,
+)
