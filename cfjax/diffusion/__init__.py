@@ -49,3 +49,10 @@ from cfjax.diffusion.samplers import (  # noqa: F401
     ddpm_step,
     run_chain,
 )
+from cfjax.diffusion.losses import (  # noqa: F401
+    approx_standard_normal_cdf,
+    discretized_gaussian_log_likelihood,
+    normal_kl,
+    training_losses,
+    vb_terms_bpd,
+)
