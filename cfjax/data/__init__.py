@@ -89,6 +89,29 @@ def _testbed(name: str, split: str, image_size, attribute, kw: dict):
   return src, _shapes_pre
 
 
+def _tfds_testbed(name, split, image_size, attribute, data_dir, kw):
+  """A testbed written to ``data_dir`` as a tfds dataset (built once) and read back."""
+  from cfjax.data import tfds_builders  # deferred: registers the builders, imports tfds
+  _testbed(name, split if not name.startswith("squares_grid_") else "test", image_size,
+           attribute, dict(kw))  # validates the options
+  cfg = {}
+  n = kw.pop("n", None)
+  if isinstance(n, dict):
+    cfg.update({f"n_{s}": v for s, v in n.items()})
+  elif n is not None:
+    cfg[f"n_{split}"] = int(n)
+  if "seed" in kw:
+    cfg["seed"] = int(kw.pop("seed"))
+  if "num_classes" in kw:
+    cfg["num_classes"] = int(kw.pop("num_classes"))
+  testbed = "shapes" if name == "shapes" else "squares"
+  if name.startswith("squares_grid_"):
+    split = "grid_" + name.rsplit("_", 1)[1]
+  src = tfds_builders.data_source(testbed, split, data_dir=str(data_dir), rho=kw.get("rho", 0.0),
+                                  image_size=image_size, **cfg)
+  return src, (_squares_pre if testbed == "squares" else _shapes_pre)
+
+
 def load(
     name: str,
     *,
@@ -118,7 +141,9 @@ def load(
       (CelebA with DiME's resize + centre crop). None: the dataset's native/default size.
     num_epochs: passes over the data; None repeats forever.
     drop_remainder: drop a final short batch.
-    data_dir: tfds data directory (real datasets; never downloaded).
+    data_dir: tfds data directory. Real datasets are read from it (never downloaded);
+      testbeds given a data_dir are written there once as tfds datasets (array_record, see
+      :mod:`cfjax.data.tfds_builders`) and read back through ``tfds`` data sources.
     **testbed_kwargs: squares: ``n`` (int or {split: n}), ``data_seed``, ``rho``; shapes: the
       same plus ``num_classes``; grids: ``data_seed``; celeb_a_hq: ``attributes_file``,
       ``resolution``.
@@ -149,7 +174,7 @@ def _source(name, split, attribute, image_size, data_dir, kw):
     kw["seed"] = kw.pop("data_seed")
   if name in TESTBEDS:
     if data_dir is not None:
-      raise CfjaxInputError(f"dataset {name!r} is generated in memory; data_dir does not apply.")
+      return _tfds_testbed(name, split, image_size, attribute, data_dir, kw)
     return _testbed(name, split, image_size, attribute, kw)
   allowed = ("attributes_file", "resolution") if name == "celeb_a_hq" else ()
   _check_kwargs(name, kw, allowed)

@@ -20,7 +20,8 @@ Example = dict[str, Any]
 
 def _with_id(index: int, example: Example) -> Example:
   out = dict(example)
-  out["id"] = np.int64(index)
+  # A source that stores its ids (the tfds testbeds) keeps them.
+  out["id"] = np.int64(example.get("id", index))
   return out
 
 
