@@ -53,17 +53,26 @@ def _split_n(split: str, n) -> int | None:
   return n
 
 
+_INT_FACTORS = ("label", "color_a", "color_b", "x", "y", "shape", "background", "size")
+
+
+def _testbed_pre(ex):
+  out = dict(ex)
+  # tfds hands back its int32 scalars as int64; the in-memory source gives int32.
+  for k in _INT_FACTORS:
+    if k in out:
+      out[k] = np.int32(out[k])
+  out["image"] = np.asarray(ex["image"]).astype(np.float32) / np.float32(255.0)
+  return out
+
+
 def _squares_pre(ex):
-  out = dict(ex)
-  out["image"] = ex["image"].astype(np.float32) / np.float32(255.0)
-  out["label"] = np.float32(ex["color_a"] / 255.0)
+  out = _testbed_pre(ex)
+  out["label"] = np.float32(out["color_a"] / 255.0)
   return out
 
 
-def _shapes_pre(ex):
-  out = dict(ex)
-  out["image"] = ex["image"].astype(np.float32) / np.float32(255.0)
-  return out
+_shapes_pre = _testbed_pre
 
 
 def _testbed(name: str, split: str, image_size, attribute, kw: dict):

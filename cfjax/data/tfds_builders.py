@@ -98,14 +98,14 @@ class CfjaxSquares(tfds.core.GeneratorBasedBuilder):
   # tfds derives this from the package's resources, which fails for an editable install
   # without the importlib_resources backport; nothing is downloaded, so the file is enough.
   code_path = epath.Path(__file__)
-  # Keep examples in generation order, so data_source index == stored id.
-  disable_shuffling = True
   _KEYS = ("image", "mask", "label", "color_a", "color_b", "x", "y")
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.image_size
     return tfds.core.DatasetInfo(
         builder=self,
+        # Keep examples in generation order, so data_source index == stored id.
+        disable_shuffling=True,
         description="Squares regression testbed (Ha & Bender), label = color_a / 255.",
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Tensor(shape=(s, s, 3), dtype=np.uint8),
@@ -164,14 +164,14 @@ class CfjaxShapes(tfds.core.GeneratorBasedBuilder):
   # tfds derives this from the package's resources, which fails for an editable install
   # without the importlib_resources backport; nothing is downloaded, so the file is enough.
   code_path = epath.Path(__file__)
-  # Keep examples in generation order, so data_source index == stored id.
-  disable_shuffling = True
   _KEYS = ("image", "mask", "label", "shape", "background", "x", "y", "size", "color")
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.image_size
     return tfds.core.DatasetInfo(
         builder=self,
+        # Keep examples in generation order, so data_source index == stored id.
+        disable_shuffling=True,
         description="Shapes classification testbed: shape is causal, background spurious.",
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Tensor(shape=(s, s, 3), dtype=np.uint8),
