@@ -15,15 +15,20 @@ Example:
   >>> from cfjax.data import tfds_builders
   >>> d = tempfile.mkdtemp()
   >>> b = tfds_builders.build("squares", data_dir=d, rho=0.5, image_size=32, n_train=32, n_test=16)
-  >>> src = tfds.data_source("cfjax_squares/rho0.5_s32", split="test", data_dir=d, download=False)
-  >>> len(src), src[0]["image"].shape
-  (16, (32, 32, 3))
+  >>> b.builder_config.name
+  'rho0.5_s32_n_test16_n_train32'
+  >>> src = tfds.data_source("cfjax_squares/rho0.5_s32_n_test16_n_train32", split="test",
+  ...                        data_dir=d, download=False)
+  >>> len(src), src[0]["image"].shape, int(src[3]["id"])
+  (16, (32, 32, 3), 3)
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
+import io
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -227,7 +232,9 @@ def build(testbed: str, *, data_dir: str, rho: float = 0.0, image_size: int | No
   cfg = cfg_cls(name=f"{name}_{extra}" if extra else name, rho=float(rho),
                 image_size=int(image_size), **config_kwargs)
   builder = cls(config=cfg, data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare()
+  # tfds prints "Downloading and preparing ..." although nothing is downloaded.
+  with contextlib.redirect_stdout(io.StringIO()):
+    builder.download_and_prepare()
   return builder
 
 
