@@ -56,3 +56,11 @@ from cfjax.diffusion.losses import (  # noqa: F401
     training_losses,
     vb_terms_bpd,
 )
+from cfjax.diffusion.ode import (  # noqa: F401
+    ode_decode,
+    ode_encode,
+    pf_ode,
+    schedule_sigmas,
+    sigma_from_timestep,
+    timestep_from_sigma,
+)
