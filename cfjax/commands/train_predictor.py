@@ -17,7 +17,7 @@ import shlex
 # Options that define the run, in the order the canonical command line lists them.
 _RUN_OPTIONS = ("dataset", "task", "arch", "attribute", "rho", "image_size", "width", "steps",
                 "batch_size", "lr", "weight_decay", "schedule", "warmup", "seed", "eval_every",
-                "checkpoint_every", "out")
+                "checkpoint_every", "log_every", "out")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -39,6 +39,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--eval-every", type=int, default=0, help="evaluate every K steps (0: at the end)")
   p.add_argument("--checkpoint-every", type=int, default=200)
+  p.add_argument("--log-every", type=int, default=50, help="steps between training-log records")
   p.add_argument("--out", required=True, help="run directory")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.set_defaults(func=run)
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
       schedule=args.schedule, warmup=args.warmup, seed=args.seed, image_size=args.image_size,
       width=args.width, attribute=args.attribute, testbed_kwargs=testbed,
-      eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+      eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
       command=command_line(args), progress=not args.no_progress)
   metrics = ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items() if isinstance(v, float))
   print(f"saved {result['model']} ({metrics})")

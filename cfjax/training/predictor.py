@@ -95,7 +95,9 @@ def make_train_step(apply: Callable, tx: optax.GradientTransformation, task: str
       return jnp.mean(per_example(apply(params, batch["image"]), batch["label"]))
 
     loss, grads = jax.value_and_grad(objective)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    # optax's Adam bias correction computes float ** int32 count, which strict promotion rejects.
+    with jax.numpy_dtype_promotion("standard"):
+      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0])
     new = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
            "step": state["step"] + 1, "rng": rng}
