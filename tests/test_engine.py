@@ -1,0 +1,131 @@
+"""The continuous-batching engine: determinism across batching/devices, refill, resume, errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from cfjax import CfjaxInputError, engine
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toy_method import countdown  # noqa: E402
+
+N = 13
+X = np.linspace(0, 1, N * 8 * 8 * 3, dtype=np.float32).reshape(N, 8, 8, 3)
+T = (np.arange(N) % 7 + 1).astype(np.int32)  # example i needs T[i] iterations
+
+
+@pytest.fixture(scope="module")
+def method():
+  return countdown()
+
+
+@pytest.fixture(scope="module")
+def reference(method):
+  return engine.explain(method, X, T, key=jax.random.key(0), num_slots=4, steps_per_call=1,
+                        progress=False, return_stats=True)
+
+
+def test_every_example_once_with_its_own_iterations(reference):
+  res, stats = reference
+  np.testing.assert_array_equal(res["id"], np.arange(N))
+  np.testing.assert_array_equal(res["iterations"], T)
+  assert stats["num_done"] == N
+
+
+def test_continuous_batching_follows_the_mean(reference):
+  _, stats = reference
+  # Fixed batches of 4 would need sum over batches of max(T) calls; refilling needs about
+  # sum(T) / slots plus a tail.
+  fixed = sum(int(T[i:i + 4].max()) for i in range(0, N, 4))
+  assert stats["calls"] < fixed, (stats["calls"], fixed)
+  assert stats["calls"] >= int(np.ceil(T.sum() / 4))
+
+
+@pytest.mark.parametrize("slots,devices,k", [(2, 1, 1), (8, 2, 3), (6, 2, 2)])
+def test_identical_across_slots_devices_and_k(method, reference, slots, devices, k):
+  order = np.random.RandomState(slots).permutation(N)
+  res = engine.explain(method, X[order], T[order], ids=order, key=jax.random.key(0), num_slots=slots,
+                       steps_per_call=k, devices=jax.local_devices()[:devices], progress=False)
+  ref = reference[0]
+  np.testing.assert_array_equal(res["id"], ref["id"])
+  # The same random numbers, bit for bit, whatever the batching.
+  np.testing.assert_array_equal(res["x"], ref["x"])
+  np.testing.assert_array_equal(res["trace"], ref["trace"])
+
+
+def test_engine_compiles_once_across_runs(method):
+  eng = engine.Engine(method, num_slots=4, steps_per_call=2)
+  for seed in range(2):
+    eng.run(engine.iterate_examples(X, T), key=jax.random.key(seed), progress=False)
+  assert eng.trace_counts == {"init": 1, "advance": 1, "result": 1}
+
+
+def test_resume_skips_finished(tmp_path, method, reference):
+  out = tmp_path / "run"
+  first = engine.explain(method, X[:5], T[:5], key=jax.random.key(0), num_slots=4, out_dir=out,
+                         progress=False)
+  assert len(first["id"]) == 5
+  res, stats = engine.explain(method, X, T, key=jax.random.key(0), num_slots=4, out_dir=out,
+                              progress=False, return_stats=True)
+  assert stats["num_done"] == N - 5
+  np.testing.assert_array_equal(res["x"], reference[0]["x"])
+
+
+def test_a_different_run_in_the_same_directory_is_refused(tmp_path, method):
+  out = tmp_path / "run"
+  engine.explain(method, X[:3], T[:3], key=jax.random.key(0), out_dir=out, progress=False)
+  with pytest.raises(CfjaxInputError, match="different run"):
+    engine.explain(method, X[:3], T[:3], key=jax.random.key(1), out_dir=out, progress=False)
+
+
+def test_sigkill_loses_nothing_and_repeats_nothing(tmp_path, reference):
+  out = tmp_path / "killed"
+  script = Path(__file__).parent / "toy_method.py"
+  env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+  proc = subprocess.Popen([sys.executable, str(script), str(out), str(N), "0.05"], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  deadline = time.time() + 120
+  shards = out / "shards"
+  while time.time() < deadline:
+    if shards.is_dir() and len(list(shards.glob("p0-*.npz"))) >= 2:
+      break
+    if proc.poll() is not None:
+      pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
+    time.sleep(0.05)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  partial = engine.read_results(out)
+  assert 0 < len(partial["id"]) < N
+  done = subprocess.run([sys.executable, str(script), str(out), str(N)], env=env,
+                        capture_output=True, timeout=300)
+  assert done.returncode == 0, done.stderr.decode()[-2000:]
+  res = engine.read_results(out)
+  np.testing.assert_array_equal(res["id"], np.arange(N))  # each id exactly once
+  np.testing.assert_array_equal(res["x"], reference[0]["x"])
+
+
+def test_bad_inputs_fail_before_compiling(method):
+  key = jax.random.key(0)
+  with pytest.raises(CfjaxInputError, match="rank 4"):
+    engine.explain(method, X[0], T[:1], key=key, progress=False)
+  with pytest.raises(CfjaxInputError, match=r"\[0, 255\]|divide by 255"):
+    engine.explain(method, X * 255, T, key=key, progress=False)
+  with pytest.raises(CfjaxInputError, match="uint8"):
+    engine.explain(method, (X * 255).astype(np.uint8), T, key=key, progress=False)
+  bad = X.copy()
+  bad[3, 0, 0, 0] = np.nan
+  with pytest.raises(CfjaxInputError, match=r"NaN.*\[3\]"):
+    engine.explain(method, bad, T, key=key, progress=False)
+  with pytest.raises(CfjaxInputError, match="empty"):
+    engine.explain(method, X[:0], T[:0], key=key, progress=False)
+  with pytest.raises(CfjaxInputError, match="integer class targets"):
+    engine.explain(method, X, T.astype(np.float32), key=key, progress=False)
+  with pytest.raises(CfjaxInputError, match="unique"):
+    engine.explain(method, X[:2], T[:2], ids=[1, 1], key=key, progress=False)

@@ -1,0 +1,52 @@
+"""A cheap method for engine tests: example i runs ``target`` iterations of random steps.
+
+Its result is a pure function of (key, id, target), so any change in batching, slot position or
+device count that altered the random numbers an example sees would show up exactly.
+"""
+
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cfjax.methods import Method
+
+
+def countdown(max_steps: int = 50, sleep: float = 0.0) -> Method:
+  def init(params, x, target, key):
+    return {"x": x, "n": target, "it": jnp.int32(0), "key": key, "trace": jnp.float32(0)}
+
+  def step(params, s):
+    z = jax.random.normal(jax.random.fold_in(s["key"], s["it"]), s["x"].shape)
+    go = s["it"] < s["n"]
+    if sleep:  # a slow step, so that a run can be killed half-way
+      jax.debug.callback(lambda: time.sleep(sleep))
+    x = jnp.where(go, s["x"] + params["scale"] * z, s["x"])
+    return {**s, "x": x, "it": s["it"] + go.astype(jnp.int32),
+            "trace": s["trace"] + jnp.where(go, z.sum(), 0.0)}
+
+  def done(s):
+    return s["it"] >= jnp.minimum(s["n"], max_steps)
+
+  def result(params, s):
+    return {"x": s["x"], "iterations": s["it"], "trace": s["trace"]}
+
+  params = {"scale": jnp.float32(0.01)}
+  return Method(init, step, done, result, params, max_steps, "countdown", {"max_steps": max_steps},
+                "class")
+
+
+if __name__ == "__main__":
+  # python tests/toy_method.py OUT N: a slow resumable run, for the SIGKILL test.
+  import os
+  os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  from cfjax import engine
+  out, n = sys.argv[1], int(sys.argv[2])
+  x = np.linspace(0, 1, n * 8 * 8 * 3, dtype=np.float32).reshape(n, 8, 8, 3)
+  targets = (np.arange(n) % 7 + 1).astype(np.int32)
+  m = countdown(sleep=float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)
+  engine.explain(m, x, targets, key=jax.random.key(0), num_slots=4, steps_per_call=1, out_dir=out,
+                 progress=False)
+  print("finished", flush=True)
