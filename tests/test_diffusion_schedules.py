@@ -120,5 +120,7 @@ def test_errors_name_the_problem():
     dd.space_timesteps(10, "20")
   with pytest.raises(CfjaxInputError, match="integer stride"):
     dd.space_timesteps(10, "ddim7")
+  with pytest.raises(CfjaxInputError, match="steps >= 21"):
+    dd.make_schedule(10)  # linear betas reach 2.0
   with pytest.raises(CfjaxInputError, match="respacing"):
     dd.make_schedule(100, "linear", "abc")

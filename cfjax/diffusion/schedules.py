@@ -142,7 +142,9 @@ def tables_from_betas(betas: np.ndarray, timestep_map: np.ndarray | None = None)
   """All float64 tables of ``GaussianDiffusion.__init__`` for the given betas."""
   betas = np.array(betas, dtype=np.float64)
   if betas.ndim != 1 or not ((betas > 0).all() and (betas <= 1).all()):
-    raise CfjaxInputError("betas must be a 1-D array with values in (0, 1]")
+    hint = f" (got [{betas.min():.4g}, {betas.max():.4g}]; the linear schedule needs steps >= 21)" \
+        if betas.ndim == 1 and betas.size else ""
+    raise CfjaxInputError(f"betas must be a 1-D array with values in (0, 1]{hint}")
   n = betas.shape[0]
   alphas = 1.0 - betas
   abar = np.cumprod(alphas, axis=0)
