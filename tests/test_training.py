@@ -88,6 +88,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
   again = predictor.train(out=tmp_path / "run", steps=6, checkpoint_every=4,
                           hooks=[lambda s, st: seen.append(s)], **RUN)
   assert seen == [4, 5, 6] and int(again["state"]["step"]) == 6
+  # The same directory with another learning rate is refused, naming the difference.
+  with pytest.raises(loop.RunConfigError, match=r"lr: stored 0.003, now 0.01"):
+    predictor.train(out=tmp_path / "run", steps=6, checkpoint_every=4, **dict(RUN, lr=1e-2))
 
 
 def test_different_config_in_same_dir_is_an_error(tmp_path):
@@ -134,11 +137,17 @@ def test_cli_classification_on_shapes(tmp_path):
     (["--dataset", "squares", "--task", "classification"], "regression dataset"),
     (["--dataset", "shapes", "--task", "classification", "--attribute", "Smiling"], "no attributes"),
     (["--dataset", "squares", "--task", "regression", "--image-size", "48"], "64 or 32"),
+    (["--dataset", "celeb_a", "--task", "classification", "--attribute", "Smilling"],
+     "Did you mean 'Smiling'"),
+    (["--dataset", "squares", "--task", "regression", "--steps", "0"], "must be positive"),
 ])
 def test_cli_bad_input(tmp_path, capsys, argv, message):
-  code = cli.main(["train-predictor", *argv, "--steps", "1", "--out", str(tmp_path / "x"), "--no-progress"])
+  if "--steps" not in argv:
+    argv = [*argv, "--steps", "1"]
+  code = cli.main(["train-predictor", *argv, "--out", str(tmp_path / "x"), "--no-progress"])
   assert code == 2
   assert message in capsys.readouterr().err
+  assert not (tmp_path / "x" / "run.json").exists()  # a failed start does not claim the directory
 
 
 def test_background_reliance_separates_causal_from_shortcut():

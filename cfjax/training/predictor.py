@@ -265,13 +265,14 @@ def train(
   run = {"dataset": dataset, "task": task, "net": config, "attribute": attribute, "testbed": testbed_kwargs,
          "image_size": image_size, "steps": steps, "batch_size": batch_size, "lr": lr,
          "weight_decay": weight_decay, "schedule": schedule, "warmup": warmup, "seed": seed}
-  out = Path(out)
-  loop.check_run_config(out, run)
+  # Data problems (unknown option, data not prepared) surface before the run directory is claimed.
   if batches is None:
     batches = train_stream(dataset, batch_size=batch_size, seed=seed, image_size=image_size,
                            attribute=attribute, **testbed_kwargs)
   if eval_sets is None:
     eval_sets = eval_set(dataset, image_size=image_size, attribute=attribute, **testbed_kwargs)
+  out = Path(out)
+  loop.check_run_config(out, run)
   apply = registry.make_apply(config)
   tx = optimizer(lr, steps, schedule=schedule, weight_decay=weight_decay, warmup=warmup)
   state = init_state(config, tx, seed)
