@@ -13,8 +13,8 @@ Example:
   >>> from cfjax.training import predictor
   >>> result = predictor.train(dataset="squares", task="regression", arch="small_cnn", steps=2,
   ...                          batch_size=8, out=tempfile.mkdtemp(), progress=False)
-  >>> sorted(result["metrics"])[:2]
-  ['mae', 'mae_lower']
+  >>> sorted(result["metrics"])[:3]
+  ['background_reliance', 'mae', 'mae_lower']
 """
 
 from __future__ import annotations
@@ -312,14 +312,16 @@ def background_reliance(apply: Callable, params, *, image_size: int = 32, n: int
 
   Returns:
     dict with ``bg_flip`` and ``bg_resample`` (mean abs prediction change, label units [0, 1]),
-    ``a_flip`` (the same for moving ``color_a`` by half its range), ``bg_flip_ratio``
-    (bg_flip / a_flip).
+    ``bg_flip_signed`` (mean change in the direction the background moved: ~0 for a model that
+    ignores the background, positive when the prediction follows it, as the rho shortcut
+    teaches), ``a_flip`` (mean abs change for moving ``color_a`` by half its range) and
+    ``bg_flip_ratio`` (bg_flip / a_flip).
 
   Example:
     >>> from cfjax import nets
     >>> net = nets.build({"arch": "small_cnn", "image_size": 32})
     >>> sorted(background_reliance(net.apply, net.params, n=16))
-    ['a_flip', 'bg_flip', 'bg_flip_ratio', 'bg_resample']
+    ['a_flip', 'bg_flip', 'bg_flip_ratio', 'bg_flip_signed', 'bg_resample']
   """
   import importlib
   sq = importlib.import_module("cfjax.data.squares")  # the module, not the function cfjax.data.squares
@@ -332,11 +334,13 @@ def background_reliance(apply: Callable, params, *, image_size: int = 32, n: int
     return predict_batched(apply, params, img)
 
   base = predict(f["color_a"], f["color_b"])
-  flip_b = predict(f["color_a"], (f["color_b"] + 128) % 256)
+  new_b = (f["color_b"] + 128) % 256
+  flip_b = predict(f["color_a"], new_b)
   resample_b = predict(f["color_a"], rng.integers(0, 256, n).astype(np.int32))
   flip_a = predict((f["color_a"] + 128) % 256, f["color_b"])
   out = {"bg_flip": float(np.mean(np.abs(flip_b - base))),
          "bg_resample": float(np.mean(np.abs(resample_b - base))),
+         "bg_flip_signed": float(np.mean((flip_b - base) * np.sign(new_b - f["color_b"]))),
          "a_flip": float(np.mean(np.abs(flip_a - base)))}
   out["bg_flip_ratio"] = out["bg_flip"] / max(out["a_flip"], 1e-8)
   return out
