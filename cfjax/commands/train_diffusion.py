@@ -6,7 +6,8 @@ Example:
       --out runs/squares_ddpm
 
 Re-running the same command after an interruption continues from the last checkpoint; a
-different configuration in the same ``--out`` is an error. The final EMA model is ``OUT/model``
+different configuration in the same ``--out`` is an error, except ``--steps`` (the learning rate
+is constant, so a larger ``--steps`` extends a finished run). The final EMA model is ``OUT/model``
 (a :func:`cfjax.checkpoint.save` directory with ``meta["kind"] == "diffusion"``), sample grids
 are ``OUT/samples/step_*.png``, and ``OUT/metrics.json`` holds the final loss and, for squares,
 the quality of ACE's filter on the validation grids.

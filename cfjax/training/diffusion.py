@@ -88,7 +88,7 @@ def make_train_step(apply: Callable, tx: optax.GradientTransformation, sched: dd
     >>> from cfjax import nets, diffusion as dd
     >>> cfg = nets.unet_config("squares32", channel_mult=[1, 2], attention_resolutions=[])
     >>> tx = optimizer(1e-4)
-    >>> step = make_train_step(nets.make_apply(cfg), tx, dd.make_schedule(1000))
+    >>> step = make_train_step(nets.registry.make_apply(cfg), tx, dd.make_schedule(1000))
     >>> state, m = step(init_state(cfg, tx, 0), {"image": jnp.zeros((2, 32, 32, 3))})
     >>> int(state["step"]), sorted(m)
     (1, ['loss', 'mse', 'vb'])
@@ -108,7 +108,9 @@ def make_train_step(apply: Callable, tx: optax.GradientTransformation, sched: dd
       return terms["loss"], terms
 
     (_, terms), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    # optax's Adam bias correction computes float ** int32 count, which strict promotion rejects.
+    with jax.numpy_dtype_promotion("standard"):
+      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     d = ema_decay(state["step"], ema)
     new_ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state["ema"], params)
@@ -227,7 +229,8 @@ def train(
   Args:
     dataset: any name of :func:`cfjax.data.load` (testbed options in ``testbed_kwargs``).
     net: UNet config (e.g. ``cfjax.nets.unet_config("squares32")``) with 6 output channels.
-    out: run directory; re-running with the same settings resumes, other settings are an error.
+    out: run directory; re-running with the same settings resumes, other settings are an error
+      (except ``steps``: the learning rate is constant, so a run can be extended).
     steps, batch_size, lr, weight_decay, grad_clip, seed: optimisation (AdamW, constant lr).
     ema: EMA decay (with the warm-up of :func:`ema_decay`); the saved model is the EMA.
     diffusion_steps, schedule: the diffusion process (T and "linear" / "cosine").
@@ -257,7 +260,8 @@ def train(
          "grad_clip": grad_clip, "ema": ema, "diffusion": {"steps": diffusion_steps, "schedule": schedule},
          "seed": seed}
   out = Path(out)
-  loop.check_run_config(out, run)
+  # The learning rate is constant, so a run may be extended or cut short by changing ``steps``.
+  loop.check_run_config(out, run, ignore=("steps",))
   if batches is None:
     batches = image_stream(dataset, batch_size=batch_size, seed=seed, image_size=image_size,
                            **testbed_kwargs)
@@ -281,6 +285,9 @@ def train(
     all_hooks.insert(0, lambda s, st: write_samples(s, st) if s % sample_every == 0 else None)
   log = loop.JsonlLog(out / "log.jsonl")
   ckpts = loop.TrainCheckpoints(out / "checkpoints")
+  if (ckpts.latest_step() or 0) > steps:
+    ckpts.close()
+    raise CfjaxInputError(f"{out} already holds a checkpoint at step {ckpts.latest_step()}, past steps={steps}")
   try:
     state = loop.train_loop(state, step_fn, batches, num_steps=steps, checkpoints=ckpts, log=log,
                             checkpoint_every=checkpoint_every, log_every=log_every, hooks=all_hooks,
