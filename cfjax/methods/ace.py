@@ -196,7 +196,8 @@ def diffusion_counterfactual(*, predictor, diffusion, schedule: Schedule, task: 
   classification = task == "classification"
   params = {"predictor": f_params, "unet": u_params, "schedule": schedule}
 
-  def criterion(pred, target):
+  def criterion(pred, target, margin=margin):
+    # Early stopping may ask for a margin; success of the final CE is the decision itself.
     if classification:
       return obj.class_margin(pred, target) > margin
     return jnp.abs(pred - target) <= tolerance
@@ -253,7 +254,7 @@ def diffusion_counterfactual(*, predictor, diffusion, schedule: Schedule, task: 
                  jax.random.normal(kq, shape), jax.random.normal(ko, (tau,) + shape),
                  jax.random.normal(ks, (tau,) + shape), mode=chain_mode)
     pred = f(p["predictor"], ce)
-    success = criterion(pred, s.target) & ~s.nonfinite
+    success = criterion(pred, s.target, 0.0) & ~s.nonfinite
     status = jnp.where(s.nonfinite, Status.NONFINITE,
                        jnp.where(success, Status.SUCCESS, Status.NOT_REACHED)).astype(jnp.int32)
     return {"counterfactual": ce, "pre_explanation": s.x, "mask": 1.0 - boolmask,

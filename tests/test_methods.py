@@ -1,0 +1,140 @@
+"""ACE and AC-RE as methods: they move decisions, stop early, report status, refuse bad settings.
+
+The diffusion model is the fixtures' random-weight UNet (it only needs to be differentiable
+here); predictors are hand-written pure functions, which also shows that any ``apply(params, x)``
+plugs in.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cfjax import CfjaxInputError, engine, methods
+from cfjax.diffusion import make_schedule
+from cfjax.methods import Status, make_targets
+
+SCHED = make_schedule(500, "linear", "25")
+
+
+def red_logit(params, x):
+  """A binary classifier: class 1 when the mean red intensity is above 0.5."""
+  return (x[..., 0].mean(axis=(1, 2)) - 0.5) * params["gain"]
+
+
+def red_value(params, x):
+  """A regressor: mean red intensity, NaN for images that are mostly blue (a failure case)."""
+  v = x[..., 0].mean(axis=(1, 2)) * params["gain"]
+  return jnp.where(x[..., 2].mean(axis=(1, 2)) > 0.8, jnp.nan, v)
+
+
+def images(n, seed=0, red=0.3):
+  rs = np.random.RandomState(seed)
+  x = rs.uniform(0.2, 0.6, (n, 32, 32, 3)).astype(np.float32)
+  x[..., 0] = np.clip(red + rs.normal(0, 0.05, (n, 32, 32)), 0, 1)
+  return x
+
+
+@pytest.fixture(scope="module")
+def ace(unet_small):
+  return methods.make("ace", predictor=(red_logit, {"gain": jnp.float32(20.0)}), diffusion=unet_small,
+                      schedule=SCHED, tau=2, iterations=20, step_size=4 / 255, early_stop=True,
+                      margin=0.2, mask_dilation=5)
+
+
+@pytest.fixture(scope="module")
+def acre(unet_small):
+  return methods.make("acre", predictor=(red_value, {"gain": jnp.float32(1.0)}), diffusion=unet_small,
+                      schedule=SCHED, tau=2, iterations=15, step_size=4 / 255, tolerance=0.05,
+                      mask_dilation=5)
+
+
+def test_ace_flips_a_tiny_classifier(ace):
+  x = images(6, red=0.42)
+  outputs = np.asarray(red_logit({"gain": 20.0}, x))
+  assert (outputs < 0).all()
+  targets = make_targets("flip", task="classification", predictions=outputs)[:, 0]
+  res = engine.explain(ace, x, targets, key=jax.random.key(0), num_slots=4, progress=False)
+  assert res["success"].mean() >= 0.95, res["prediction"]
+  assert (res["status"] == Status.SUCCESS).all()
+  assert (np.asarray(res["prediction"]) > 0).all()
+  # Early stop: images stop as soon as their filtered image is classified as the target.
+  assert (res["iterations"] < 20).all()
+  chex.assert_shape(res["mask"], (6, 32, 32))
+  # Outside the refinement mask the counterfactual is the original, pixel for pixel.
+  keep = res["mask"] == 0
+  np.testing.assert_array_equal(res["counterfactual"][keep], x[keep])
+
+
+def test_acre_reaches_targets_and_reports_nonfinite(acre):
+  x = images(5, seed=1)
+  x[4, ..., 2] = 1.0  # the regressor returns NaN on this image
+  targets = np.array([0.45, 0.5, 0.4, 0.55, 0.5], np.float32)
+  res = engine.explain(acre, x, targets, key=jax.random.key(0), num_slots=3, progress=False)
+  # Every pre-explanation's filtered image met the tolerance (that is what stopped it) ...
+  np.testing.assert_array_less(np.abs(res["pre_prediction"][:4] - targets[:4]), 0.05 + 1e-6)
+  assert (res["iterations"][:4] < 15).all()
+  # ... and the refined CEs mostly keep it (the random-weight UNet's refinement adds some drift).
+  ok = res["status"][:4] == Status.SUCCESS
+  assert ok.sum() >= 3, (res["prediction"], res["iterations"])
+  np.testing.assert_array_less(np.abs(res["prediction"][:4][ok] - targets[:4][ok]), 0.05 + 1e-6)
+  assert res["status"][4] == Status.NONFINITE
+  assert not res["success"][4]
+  # The failing image does not disturb the others, and its last finite iterate is kept.
+  assert np.isfinite(res["pre_explanation"][4]).all()
+  # Per-image early stop: iteration counts differ between images.
+  assert len(set(res["iterations"][:4].tolist())) > 1
+
+
+def test_step_compiles_once_and_modes_agree(unet_small):
+  kw = dict(predictor=(red_value, {"gain": jnp.float32(1.0)}), diffusion=unet_small, schedule=SCHED,
+            tau=2, iterations=3)
+  unrolled = methods.make("acre", chain_mode="unrolled", **kw)
+  rolled = methods.make("acre", chain_mode="rolled", **kw)
+  x = jnp.asarray(images(2, seed=2))
+  t = jnp.array([0.5, 0.45], jnp.float32)
+  keys = jax.random.split(jax.random.key(3), 2)
+  outs = []
+  for m in (unrolled, rolled):
+    chex.clear_trace_counter()  # both modes share the step's code object
+    step = jax.jit(jax.vmap(chex.assert_max_traces(m.step, n=1), in_axes=(None, 0)))
+    s = jax.vmap(m.init, in_axes=(None, 0, 0, 0))(m.params, x, t, keys)
+    for _ in range(2):
+      s = step(m.params, s)
+    outs.append(s)
+  np.testing.assert_allclose(np.asarray(outs[0].pred), np.asarray(outs[1].pred), atol=1e-5)
+  # sign-PGD: the two modes' gradients agree in sign almost everywhere.
+  assert np.mean(np.asarray(outs[0].x) == np.asarray(outs[1].x)) > 0.99
+
+
+def test_bad_settings_are_named(unet_small):
+  kw = dict(predictor=(red_value, {"gain": 1.0}), diffusion=unet_small, schedule=SCHED)
+  with pytest.raises(CfjaxInputError, match=r"tau=30 must be in \[1, 25\]"):
+    methods.make("acre", tau=30, **kw)
+  with pytest.raises(CfjaxInputError, match="unknown optimizer 'sgn'.*'sign'"):
+    methods.make("acre", optimizer="sgn", **kw)
+  with pytest.raises(CfjaxInputError, match="unknown distance"):
+    methods.make("acre", dist="l3", **kw)
+  with pytest.raises(CfjaxInputError, match="odd"):
+    methods.make("acre", mask_dilation=4, **kw)
+  with pytest.raises(CfjaxInputError, match="unknown method 'acee'"):
+    methods.make("acee", **kw)
+
+
+def test_target_rules_and_their_errors():
+  logits = np.array([-1.0, 2.0, -0.5])
+  np.testing.assert_array_equal(make_targets("flip", task="classification", predictions=logits)[:, 0],
+                                [1, 0, 1])
+  with pytest.raises(CfjaxInputError, match=r"equal the current decision \(images \[1\]\)"):
+    make_targets("class:1", task="classification", predictions=logits)
+  with pytest.raises(CfjaxInputError, match="binary"):
+    make_targets("flip", task="classification", predictions=np.zeros((3, 4)))
+  np.testing.assert_array_equal(
+      make_targets("next", task="classification", predictions=np.eye(3) * 5)[:, 0], [1, 2, 0])
+  v = np.array([0.2, 0.9], np.float32)
+  with pytest.raises(CfjaxInputError, match=r"outside the label range \[0.0, 1.0\] \(images \[1\]"):
+    make_targets("shift:0.3", task="regression", predictions=v)
+  chex.assert_shape(make_targets("values:0.1,0.5,0.9", task="regression", predictions=v), (2, 3))
+  with pytest.raises(CfjaxInputError, match="unknown regression target rule"):
+    make_targets("mirrror", task="regression", predictions=v)
