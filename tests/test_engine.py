@@ -129,3 +129,26 @@ def test_bad_inputs_fail_before_compiling(method):
     engine.explain(method, X, T.astype(np.float32), key=key, progress=False)
   with pytest.raises(CfjaxInputError, match="unique"):
     engine.explain(method, X[:2], T[:2], ids=[1, 1], key=key, progress=False)
+
+
+def test_two_processes_with_jax_distributed_split_the_work(tmp_path, reference):
+  import socket
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  out = tmp_path / "dist"
+  script = Path(__file__).parent / "toy_method.py"
+  env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent), JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([sys.executable, str(script), str(out), str(N), "0", str(i), "2", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err.decode()[-2000:]
+  # Each process wrote its own share (ids i with i % 2 == process index) ...
+  for i in range(2):
+    shard_ids = np.concatenate([np.load(f)["id"] for f in sorted((out / "shards").glob(f"p{i}-*.npz"))])
+    assert set(shard_ids.tolist()) == {j for j in range(N) if j % 2 == i}
+  # ... and together they equal the single-process run exactly.
+  res = engine.read_results(out)
+  np.testing.assert_array_equal(res["id"], np.arange(N))
+  np.testing.assert_array_equal(res["x"], reference[0]["x"])

@@ -39,11 +39,17 @@ def countdown(max_steps: int = 50, sleep: float = 0.0) -> Method:
 
 
 if __name__ == "__main__":
-  # python tests/toy_method.py OUT N: a slow resumable run, for the SIGKILL test.
+  # python tests/toy_method.py OUT N [SLEEP [PROCESS_ID NUM_PROCESSES PORT]]: a resumable run,
+  # optionally slow (the SIGKILL test) or one process of a jax.distributed run on localhost.
   import os
   os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
   from cfjax import engine
   out, n = sys.argv[1], int(sys.argv[2])
+  if len(sys.argv) > 4:
+    pid, nproc, port = (int(a) for a in sys.argv[4:7])
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc,
+                               process_id=pid)
+    assert jax.process_index() == pid and jax.process_count() == nproc
   x = np.linspace(0, 1, n * 8 * 8 * 3, dtype=np.float32).reshape(n, 8, 8, 3)
   targets = (np.arange(n) % 7 + 1).astype(np.int32)
   m = countdown(sleep=float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)
