@@ -20,57 +20,24 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from cfjax._validate import CfjaxInputError, check_choice
-from cfjax.diffusion.gaussian import p_mean_variance, q_sample
+from cfjax.diffusion.gaussian import q_sample
+from cfjax.diffusion.samplers import MODES as CHAIN_MODES, ddpm_chain, ddpm_step, run_chain
 from cfjax.diffusion.schedules import Schedule
 from cfjax.methods import objectives as obj
 from cfjax.methods.base import Method, Status, register_method
 from cfjax.methods.optim import make_optimizer
 
-CHAIN_MODES = ("unrolled", "rolled")
-
-
 # ---------------------------------------------------------------------------------------------
 # The filter F_tau and the refinement, with explicit noise (what the fixtures check).
 # ---------------------------------------------------------------------------------------------
-
-def _chain(body: Callable, x, xs, tau: int, mode: str):
-  """Runs ``x = body(x, k, xs[k])`` for k = tau-1 .. 0 (noise arrays are indexed by timestep).
-
-  "unrolled" is a Python loop (fastest on CPU for short chains: XLA:CPU's gradients through a
-  rolled loop of convolutions leave the fast path); "rolled" is a ``lax.scan`` with
-  ``jax.checkpoint`` around each step, so differentiating it keeps one step's activations at a
-  time and memory does not grow with tau.
-  """
-  check_choice("chain mode", mode, CHAIN_MODES)
-  if mode == "unrolled":
-    for k in range(tau - 1, -1, -1):
-      x = body(x, k, jax.tree.map(lambda a: a[k], xs))
-    return x
-  ks = jnp.arange(tau - 1, -1, -1, dtype=jnp.int32)
-  step = jax.checkpoint(lambda x, k, xk: body(x, k, xk))
-
-  def scan_body(x, inp):
-    k, xk = inp
-    return step(x, k, xk), None
-
-  xs_rev = jax.tree.map(lambda a: a[::-1], xs)
-  x, _ = jax.lax.scan(scan_body, x, (ks, xs_rev))
-  return x
-
-
-def _denoise(sched, model_fn, x, k, noise):
-  """One ancestral step at re-spaced index k; no noise after the last step (k = 0)."""
-  out = p_mean_variance(sched, model_fn, x, k, clip_denoised=True)
-  k = jnp.asarray(k)
-  return out.mean + jnp.where(k > 0, 1.0, 0.0) * jnp.exp(0.5 * out.log_variance) * noise
-
 
 def ace_filter(sched: Schedule, model_fn, x, tau: int, noise_q, noise_steps, *, mode="unrolled"):
   """F_tau in the diffusion range [-1, 1]: q_sample to re-spaced step tau - 1, then tau steps.
@@ -83,7 +50,7 @@ def ace_filter(sched: Schedule, model_fn, x, tau: int, noise_q, noise_steps, *, 
   """
   k0 = jnp.full(x.shape[:-3], tau - 1, jnp.int32)
   xt = q_sample(sched, x, k0, noise_q)
-  return _chain(lambda h, k, n: _denoise(sched, model_fn, h, k, n), xt, noise_steps, tau, mode)
+  return ddpm_chain(sched, model_fn, xt, tau - 1, noise_steps, mode=mode)
 
 
 def generate_mask(x, pe, dilation: int, threshold: float):
@@ -120,11 +87,11 @@ def repaint(sched: Schedule, model_fn, x, pe, boolmask, tau: int, noise_q, noise
 
   def body(h, k, noises):
     n_orig, n_step = noises
-    kk = jnp.full(x.shape[:-3], k, jnp.int32)
-    h = h * (1 - keep) + keep * q_sample(sched, orig, kk, n_orig)
-    return _denoise(sched, model_fn, h, kk, n_step)
+    h = h * (1 - keep) + keep * q_sample(sched, orig, k, n_orig)
+    return ddpm_step(sched, model_fn, h, k, n_step).sample
 
-  ce = _chain(body, ce, (noise_orig, noise_steps), tau, mode)
+  ks = np.arange(tau - 1, -1, -1)
+  ce = run_chain(body, ce, ks, (noise_orig[ks], noise_steps[ks]), mode=mode)
   ce = ce * (1 - keep) + keep * orig
   return jnp.clip(ce * 0.5 + 0.5, 0.0, 1.0)
 
