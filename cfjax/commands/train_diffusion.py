@@ -86,10 +86,32 @@ def net_config(args: argparse.Namespace) -> dict:
   return unet_config(args.config, **over)
 
 
+def _interrupt(signum, frame):
+  raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run(args: argparse.Namespace) -> int:
+  import signal
+
   from cfjax.training import diffusion
   testbed = {} if args.rho is None else {"rho": args.rho}
-  result = diffusion.train(
+  # A background job (nohup ... &) starts with SIGINT ignored, and `kill` sends SIGTERM: both
+  # become KeyboardInterrupt, so the training loop checkpoints the current step before exiting.
+  import threading
+  main = threading.current_thread() is threading.main_thread()  # signal handlers need it
+  previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+  try:
+    result = _train(diffusion, args, testbed)
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+  print(f"saved {result['model']}; samples {result['grid']}")
+  print(f"metrics: {result['metrics']}")
+  return 0
+
+
+def _train(diffusion, args, testbed):
+  return diffusion.train(
       dataset=args.dataset, net=net_config(args), out=args.out, steps=args.steps,
       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
       grad_clip=args.grad_clip or None, ema=args.ema, diffusion_steps=args.diffusion_steps,
@@ -97,6 +119,3 @@ def run(args: argparse.Namespace) -> int:
       sample_every=args.sample_every, sampler=args.sampler, sample_respacing=args.sample_respacing,
       checkpoint_every=args.checkpoint_every, filter_images=args.filter_images,
       command=command_line(args), progress=not args.no_progress)
-  print(f"saved {result['model']}; samples {result['grid']}")
-  print(f"metrics: {result['metrics']}")
-  return 0

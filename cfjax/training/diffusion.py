@@ -158,7 +158,7 @@ def image_grid(images: np.ndarray, *, ncol: int | None = None, pad: int = 2) -> 
 
   Example:
     >>> image_grid(np.zeros((6, 8, 8, 3)), ncol=3).shape
-    (20, 32, 3)
+    (22, 32, 3)
   """
   images = np.asarray(images)
   n, h, w, c = images.shape
@@ -295,7 +295,8 @@ def train(
   finally:
     ckpts.close()
   grid = write_samples(steps, state)
-  records = [r for r in log.read() if "loss" in r]
+  # A killed run may have logged steps past its last checkpoint; those were redone (or dropped).
+  records = [r for r in log.read() if "loss" in r and r["step"] <= steps]
   metrics: dict[str, Any] = {"final_loss": records[-1]["loss"] if records else None}
   if dataset == "squares" and filter_images != 0:
     metrics["filter"] = squares_filter_quality(
