@@ -1,0 +1,272 @@
+"""Shared helpers of the benchmark scripts: devices, timing, XLA cost and memory, load, output.
+
+Import this module BEFORE jax (it forces two host devices so one run can compare one device with
+two). Nothing here asserts a time: the scripts write what they measure to JSON and a plot.
+
+Example:
+  >>> import common  # doctest: +SKIP  (from benchmarks/, before importing jax)
+  >>> t = common.time_calls(lambda: jnp.ones(3) + 1)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+HOST_DEVICES = 2
+if "jax" in sys.modules:
+  raise RuntimeError("import benchmarks/common.py before jax: it sets XLA_FLAGS")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+  os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count={HOST_DEVICES}".strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+FIXTURE_UNET = REPO.parent / "shared" / "fixtures" / "guided_diffusion" / "model_small.npz"
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine and load: every JSON says what else was running while it was measured.
+# ---------------------------------------------------------------------------------------------
+
+def machine_load() -> dict:
+  """Load average and the other processes using more than 10% of a core right now."""
+  out: dict[str, Any] = {"time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+  try:
+    out["loadavg_1_5_15"] = [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+  except OSError:
+    out["loadavg_1_5_15"] = None
+  busy = []
+  try:
+    ps = subprocess.run(["ps", "-eo", "pid,pcpu,etime,args", "--sort=-pcpu"], capture_output=True,
+                        text=True, timeout=10).stdout.splitlines()[1:]
+    me = os.getpid()
+    for line in ps:
+      pid, pcpu, etime, args = line.split(None, 3)
+      if int(pid) == me or float(pcpu) < 10.0 or args.startswith("ps "):
+        continue
+      busy.append({"pid": int(pid), "cpu_percent": float(pcpu), "elapsed": etime, "command": args[:160]})
+  except (OSError, subprocess.SubprocessError, ValueError):
+    pass
+  out["other_busy_processes"] = busy
+  out["ddpm_trainings_running"] = sum("train-diffusion" in b["command"] for b in busy)
+  return out
+
+
+def machine_info() -> dict:
+  return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+          "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing and XLA's own numbers.
+# ---------------------------------------------------------------------------------------------
+
+def block(x):
+  return jax.block_until_ready(x)
+
+
+def time_calls(fn: Callable[[], Any], *, repeats: int = 3, min_seconds: float = 0.0,
+               warmup: int = 1) -> dict:
+  """Median/min seconds of ``fn()`` (blocked), after ``warmup`` calls; repeats until min_seconds."""
+  for _ in range(warmup):
+    block(fn())
+  times: list[float] = []
+  start = time.perf_counter()
+  while len(times) < repeats or time.perf_counter() - start < min_seconds:
+    t0 = time.perf_counter()
+    block(fn())
+    times.append(time.perf_counter() - t0)
+  return {"median_s": statistics.median(times), "min_s": min(times), "runs": len(times)}
+
+
+def compile_stats(jitted, *args) -> tuple[Any, dict]:
+  """AOT-compiles ``jitted(*args)``: the executable plus lower/compile seconds, FLOPs, memory."""
+  t0 = time.perf_counter()
+  lowered = jitted.lower(*args)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  return compiled, {"lower_s": t1 - t0, "compile_s": t2 - t1, **xla_numbers(compiled)}
+
+
+def xla_numbers(compiled) -> dict:
+  """FLOPs (XLA cost analysis) and temp/argument bytes (memory analysis) of a compiled program."""
+  out: dict[str, Any] = {}
+  try:
+    ca = compiled.cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    out["flops"] = float(ca.get("flops", float("nan")))
+  except Exception as e:  # noqa: BLE001  (backends may not implement it)
+    out["flops"] = None
+    out["flops_error"] = repr(e)
+  try:
+    ma = compiled.memory_analysis()
+    out["temp_bytes"] = int(ma.temp_size_in_bytes)
+    out["argument_bytes"] = int(ma.argument_size_in_bytes)
+    out["output_bytes"] = int(ma.output_size_in_bytes)
+  except Exception as e:  # noqa: BLE001
+    out["temp_bytes"] = None
+    out["memory_error"] = repr(e)
+  return out
+
+
+def mesh_of(n_devices: int) -> Mesh:
+  return Mesh(np.array(jax.devices()[:n_devices]), ("batch",))
+
+
+def batch_sharding(n_devices: int) -> NamedSharding:
+  return NamedSharding(mesh_of(n_devices), P("batch"))
+
+
+def replicated(n_devices: int) -> NamedSharding:
+  return NamedSharding(mesh_of(n_devices), P())
+
+
+def matmul_flops(n: int = 2048, repeats: int = 5) -> dict:
+  """Measured dense float32 matmul FLOP/s (n x n x n) on one device and split by rows over all."""
+  out = {"n": n}
+  key = jax.random.key(0)
+  a = jax.random.normal(key, (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), jnp.float32)
+  mm = jax.jit(lambda a, b: a @ b)
+  flops = 2.0 * n ** 3
+  for nd in sorted({1, len(jax.devices())}):
+    ad = jax.device_put(a, batch_sharding(nd))
+    bd = jax.device_put(b, replicated(nd))
+    t = time_calls(lambda: mm(ad, bd), repeats=repeats, warmup=2)
+    out[f"devices_{nd}"] = {"seconds": t["min_s"], "flops_per_s": flops / t["min_s"],
+                            "median_flops_per_s": flops / t["median_s"]}
+  out["machine_flops_per_s"] = max(v["flops_per_s"] for k, v in out.items() if k.startswith("devices_"))
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Models.
+# ---------------------------------------------------------------------------------------------
+
+def random_params(config: dict, seed: int = 0):
+  """Random parameters filled from numpy (a jitted init of a 100 M parameter UNet takes a minute).
+
+  Kernels get N(0, 1 / fan_in) (so activations keep their scale, and the zero-initialised output
+  convs of the ADM UNet are not zero), norm scales 1, biases 0.
+  """
+  from cfjax import nets
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    shape, name = tuple(leaf.shape), jax.tree_util.keystr(path)
+    if len(shape) >= 2:
+      fan_in = int(np.prod(shape[:-1]))
+      return (rng.standard_normal(shape, dtype=np.float32) / np.sqrt(fan_in)).astype(np.float32)
+    return np.full(shape, 1.0 if "scale" in name else 0.0, np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, nets.abstract_params(config))
+
+
+def unet(name: str, *, fixture: Path | None = None, seed: int = 0):
+  """The UNet of a named config: the fixtures' weights for small32, else random weights (non-zero out)."""
+  from cfjax import nets
+  cfg = nets.unet_config(name)
+  if name == "small32" and fixture is not None and Path(fixture).exists():
+    return nets.torch_import.load_guided_diffusion(fixture, cfg), "fixture model_small.npz"
+  return nets.build(cfg, params=random_params(cfg, seed)), "random (numpy fill, kernels N(0, 1/fan_in))"
+
+
+# ---------------------------------------------------------------------------------------------
+# Output.
+# ---------------------------------------------------------------------------------------------
+
+def rounded(obj, digits: int = 5):
+  """Floats rounded to ``digits`` significant digits, recursively (readable JSON diffs)."""
+  if isinstance(obj, float):
+    return float(f"{obj:.{digits}g}") if np.isfinite(obj) else None
+  if isinstance(obj, dict):
+    return {k: rounded(v, digits) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [rounded(v, digits) for v in obj]
+  if isinstance(obj, np.generic):
+    return rounded(obj.item(), digits)
+  return obj
+
+
+def write_json(path: Path, data: dict) -> Path:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(rounded(data), indent=1, sort_keys=False, default=str) + "\n")
+  print(f"wrote {path}")
+  return path
+
+
+def output_paths(name: str, quick: bool, out_dir: str | None, tag: str = "") -> tuple[Path, Path]:
+  d = Path(out_dir) if out_dir else RESULTS
+  stem = name + ("_quick" if quick else "") + (f"_{tag}" if tag else "")
+  return d / f"{stem}.json", d / f"{stem}.png"
+
+
+def log(msg: str) -> None:
+  print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine's compiled programs, timed one by one (reads Engine's private jitted programs: the
+# benchmark measures exactly what Engine.run calls, phase by phase).
+# ---------------------------------------------------------------------------------------------
+
+def engine_phases(eng, images: np.ndarray, targets: np.ndarray, key, *, calls: int,
+                  result: bool = True) -> dict:
+  """Compiles the engine's programs (AOT, for seconds/FLOPs/memory), then times them warm.
+
+  All slots are filled (images repeated if fewer). Returns compile stats per program, seconds of
+  init, of each of ``calls`` advance calls after one warm-up call, and of one result call
+  (``result=False`` skips compiling and timing the result program).
+  """
+  s = eng.num_slots
+  idx = np.arange(s) % len(images)
+  x = eng._put(np.asarray(images, np.float32)[idx])
+  t = eng._put(np.asarray(targets)[idx])
+  ids = eng._put(np.arange(s, dtype=np.uint32))
+  mask = eng._put(np.ones(s, bool))
+  p = eng.params
+  out: dict[str, Any] = {"num_slots": s, "steps_per_call": eng.steps_per_call}
+  old = eng._empty(p, x, t, ids, key)
+  _, out["compile_init"] = compile_stats(eng._init, p, x, t, ids, key, mask, old)
+  states = block(eng._init(p, x, t, ids, key, mask, old))
+  _, out["compile_advance"] = compile_stats(eng._advance, p, states, mask)
+  programs = ["compile_init", "compile_advance"]
+  if result:
+    _, out["compile_result"] = compile_stats(eng._result, p, states)
+    programs.append("compile_result")
+  out["compile_s"] = sum(out[k]["lower_s"] + out[k]["compile_s"] for k in programs)
+  # The jitted programs now hit the in-memory compilation cache; the first calls are warm-ups.
+  old = eng._empty(p, x, t, ids, key)
+  t0 = time.perf_counter()
+  states = block(eng._init(p, x, t, ids, key, mask, old))
+  out["init_s"] = time.perf_counter() - t0
+  states, _ = block(eng._advance(p, states, mask))
+  times = []
+  for _ in range(calls):
+    t0 = time.perf_counter()
+    states, _ = block(eng._advance(p, states, mask))
+    times.append(time.perf_counter() - t0)
+  out["advance_s"] = times
+  out["seconds_per_iteration"] = min(times) / eng.steps_per_call
+  out["median_seconds_per_iteration"] = statistics.median(times) / eng.steps_per_call
+  if result:
+    block(eng._result(p, states))
+    t0 = time.perf_counter()
+    block(eng._result(p, states))
+    out["result_s"] = time.perf_counter() - t0
+  return out
