@@ -18,7 +18,7 @@ Sections of the JSON (``benchmarks/results/bench_ace[_quick].json``, plot alongs
 
 Usage:
   python benchmarks/bench_ace.py --quick     # tiny sizes (tau 2, a few iterations)
-  python benchmarks/bench_ace.py [--acre-diffusion RUN/model]
+  python benchmarks/bench_ace.py [--acre-diffusion squares_ddpm|RUN/model]
 """
 
 from __future__ import annotations
@@ -300,9 +300,10 @@ def plot(res: dict, path: Path) -> None:
   ax2.set_ylabel("s per iteration (dotted)")
   ax.legend(fontsize=7, loc="upper left")
   ax2.legend(fontsize=7, loc="center right")
-  load = res["load_start"]
+  load = res["load_during"]
   fig.suptitle(f"cfjax ACE engine on {res['machine']['cpu_count']} CPU cores ({'quick' if res['quick'] else 'full'}); "
-               f"other DDPM trainings running: {load['ddpm_trainings_running']}, load {load['loadavg_1_5_15']}",
+               f"other processes used {load['mean_other_cores_used']:.2f} cores on average "
+               f"(max {load['max_other_cores_used']:.2f}; DDPM trainings running: up to {load['max_ddpm_trainings']})",
                fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -322,8 +323,8 @@ def main(argv=None) -> dict:
   p.add_argument("--batch-slots", type=int, default=8, help="slots of the batching comparison")
   p.add_argument("--sections", nargs="+", default=["fixed", "large", "batching", "memory"],
                  choices=["fixed", "large", "batching", "memory"])
-  p.add_argument("--acre-diffusion", default=None,
-                 help="cfjax checkpoint of a squares DDPM for AC-RE (default: the fixtures' small UNet)")
+  p.add_argument("--acre-diffusion", default="squares_ddpm",
+                 help="bundled name or cfjax checkpoint of a squares DDPM for AC-RE ('' = the fixtures' UNet)")
   p.add_argument("--fixture", default=str(common.FIXTURE_UNET), help="small32 weights (.npz)")
   p.add_argument("--out-dir", default=None, help="default benchmarks/results")
   p.add_argument("--note", default="", help="free text stored in the JSON (e.g. reduced run)")
@@ -336,6 +337,7 @@ def main(argv=None) -> dict:
   res: dict = {"benchmark": "bench_ace", "quick": args.quick, "note": args.note, "settings": st,
                "machine": common.machine_info(), "load_start": common.machine_load(),
                "pytorch_yardstick": PYTORCH, "fixed": [], "large": [], "batching": [], "memory": []}
+  monitor = common.LoadMonitor().start()
   common.log(f"load: {res['load_start']['loadavg_1_5_15']}, trainings {res['load_start']['ddpm_trainings_running']}")
   res["matmul"] = common.matmul_flops(1024 if args.quick else 2048, repeats=3 if args.quick else 5)
   predictor = nets.load_predictor("shapes_classifier")
@@ -354,6 +356,7 @@ def main(argv=None) -> dict:
     common.log("memory vs tau")
     res["memory"] = memory(st, predictor, unet)
   res["speedups"] = speedups(res)
+  res["load_during"] = monitor.stop()
   res["load_end"] = common.machine_load()
   res["wall_seconds"] = time.perf_counter() - t_start
   common.write_json(json_path, res)

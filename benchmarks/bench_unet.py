@@ -149,9 +149,10 @@ def plot(res: dict, path: Path) -> None:
     ax2.set_ylabel("seconds per gradient call (dotted)")
     ax2.legend(fontsize=7, loc="center right")
   ax.legend(fontsize=7, loc="upper left")
-  load = res["load_start"]
+  load = res["load_during"]
   fig.suptitle(f"cfjax UNet on {res['machine']['cpu_count']} CPU cores ({'quick' if res['quick'] else 'full'}); "
-               f"other DDPM trainings running: {load['ddpm_trainings_running']}, load {load['loadavg_1_5_15']}",
+               f"other processes used {load['mean_other_cores_used']:.2f} cores on average "
+               f"(max {load['max_other_cores_used']:.2f}; DDPM trainings running: up to {load['max_ddpm_trainings']})",
                fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -175,6 +176,7 @@ def main(argv=None) -> dict:
   t_start = time.perf_counter()
   res: dict = {"benchmark": "bench_unet", "quick": quick, "note": args.note,
                "machine": common.machine_info(), "load_start": common.machine_load()}
+  monitor = common.LoadMonitor().start()
   common.log(f"load: {res['load_start']['loadavg_1_5_15']}, trainings {res['load_start']['ddpm_trainings_running']}")
   res["matmul"] = common.matmul_flops(1024 if quick else 2048, repeats=3 if quick else 5)
   common.log(f"matmul GFLOP/s: " + ", ".join(f"{k} {v['flops_per_s'] / 1e9:.0f}"
@@ -199,6 +201,7 @@ def main(argv=None) -> dict:
   common.log(f"chain memory (small32, batch {chain_batch})")
   res["chain_memory"] = chain_memory(net, CHAIN_TAUS["quick" if quick else "full"], chain_batch,
                                      time_it=True)
+  res["load_during"] = monitor.stop()
   res["load_end"] = common.machine_load()
   res["wall_seconds"] = time.perf_counter() - t_start
   common.write_json(json_path, res)

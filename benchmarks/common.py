@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,28 +40,91 @@ FIXTURE_UNET = REPO.parent / "shared" / "fixtures" / "guided_diffusion" / "model
 # Machine and load: every JSON says what else was running while it was measured.
 # ---------------------------------------------------------------------------------------------
 
-def machine_load() -> dict:
-  """Load average and the other processes using more than 10% of a core right now."""
+def _cpu_ticks() -> dict[int, tuple[int, str]]:
+  ticks = {}
+  for d in Path("/proc").iterdir():
+    if not d.name.isdigit():
+      continue
+    try:
+      stat = (d / "stat").read_text()
+      fields = stat[stat.rindex(")") + 2:].split()
+      cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+      ticks[int(d.name)] = (int(fields[11]) + int(fields[12]), cmd)
+    except (OSError, ValueError, IndexError):
+      continue
+  return ticks
+
+
+def machine_load(window_s: float = 2.0) -> dict:
+  """Load average and the other processes that used more than 10% of a core over ``window_s``."""
   out: dict[str, Any] = {"time": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
   try:
     out["loadavg_1_5_15"] = [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
   except OSError:
     out["loadavg_1_5_15"] = None
+  hz = os.sysconf("SC_CLK_TCK")
+  before = _cpu_ticks()
+  time.sleep(window_s)
+  after = _cpu_ticks()
+  me = os.getpid()
   busy = []
-  try:
-    ps = subprocess.run(["ps", "-eo", "pid,pcpu,etime,args", "--sort=-pcpu"], capture_output=True,
-                        text=True, timeout=10).stdout.splitlines()[1:]
-    me = os.getpid()
-    for line in ps:
-      pid, pcpu, etime, args = line.split(None, 3)
-      if int(pid) == me or float(pcpu) < 10.0 or args.startswith("ps "):
-        continue
-      busy.append({"pid": int(pid), "cpu_percent": float(pcpu), "elapsed": etime, "command": args[:160]})
-  except (OSError, subprocess.SubprocessError, ValueError):
-    pass
+  for pid, (t1, cmd) in after.items():
+    share = (t1 - before.get(pid, (t1, ""))[0]) / hz / window_s
+    if pid != me and share >= 0.1:
+      busy.append({"pid": pid, "cores_used": round(share, 2), "command": cmd[:160]})
+  busy.sort(key=lambda b: -b["cores_used"])
   out["other_busy_processes"] = busy
+  out["other_processes_cores_used"] = round(sum(b["cores_used"] for b in busy), 2)
   out["ddpm_trainings_running"] = sum("train-diffusion" in b["command"] for b in busy)
   return out
+
+
+class LoadMonitor:
+  """Samples :func:`machine_load` every ``every_s`` seconds in a thread while a benchmark runs.
+
+  Example:
+    >>> with LoadMonitor() as mon:  # doctest: +SKIP
+    ...   run_benchmark()
+    >>> mon.summary()["mean_other_cores_used"]  # doctest: +SKIP
+  """
+
+  def __init__(self, every_s: float = 30.0):
+    import threading
+    self.every_s = every_s
+    self.samples: list[dict] = []
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._loop, daemon=True)
+
+  def _loop(self):
+    while not self._stop.is_set():
+      s = machine_load(window_s=2.0)
+      self.samples.append({"time": s["time"], "other_cores_used": s["other_processes_cores_used"],
+                           "ddpm_trainings": s["ddpm_trainings_running"],
+                           "loadavg_1": (s["loadavg_1_5_15"] or [None])[0]})
+      self._stop.wait(self.every_s)
+
+  def start(self) -> "LoadMonitor":
+    self._thread.start()
+    return self
+
+  def stop(self) -> dict:
+    self._stop.set()
+    self._thread.join(timeout=10)
+    return self.summary()
+
+  def __enter__(self):
+    return self.start()
+
+  def __exit__(self, *exc):
+    self.stop()
+
+  def summary(self) -> dict:
+    used = [s["other_cores_used"] for s in self.samples]
+    return {"every_s": self.every_s, "num_samples": len(used),
+            "mean_other_cores_used": float(np.mean(used)) if used else None,
+            "max_other_cores_used": max(used) if used else None,
+            "max_ddpm_trainings": max((s["ddpm_trainings"] for s in self.samples), default=None),
+            "samples": self.samples}
 
 
 def machine_info() -> dict:
