@@ -61,6 +61,7 @@ def main(argv=None) -> dict:
   p.add_argument("--shapes", type=int, default=32, help="shapes test images for ACE (0: skip)")
   p.add_argument("--out", default="benchmarks/results/validity.json")
   p.add_argument("--work", default="/tmp/cfjax_validity")
+  p.add_argument("--models", nargs="+", default=["squares_regressor_rho0", "squares_regressor_rho1"])
   args = p.parse_args(argv)
 
   import numpy as np
@@ -71,7 +72,7 @@ def main(argv=None) -> dict:
   subset = np.arange(0, 315, args.every)
   report = {"setting": "acre: 1000 steps re-spaced to 50, tau 5, step 2/255, <= 100 iterations, "
                        "tolerance 0.05, mask dilation 5, threshold 0.15, target mirror (+128/255)"}
-  for name in ("squares_regressor_rho0", "squares_regressor_rho1"):
+  for name in args.models:
     t0 = time.time()
     s = explain_dataset(method="acre", dataset="squares_grid_lower", predictor=name,
                         diffusion="squares_ddpm", out_dir=Path(args.work) / name, target="mirror",

@@ -39,7 +39,8 @@ from cfjax.methods.optim import make_optimizer
 # The filter F_tau and the refinement, with explicit noise (what the fixtures check).
 # ---------------------------------------------------------------------------------------------
 
-def ace_filter(sched: Schedule, model_fn, x, tau: int, noise_q, noise_steps, *, mode="unrolled"):
+def ace_filter(sched: Schedule, model_fn, x, tau: int, noise_q, noise_steps, *, mode="unrolled",
+               variance: str = "learned_range"):
   """F_tau in the diffusion range [-1, 1]: q_sample to re-spaced step tau - 1, then tau steps.
 
   Args:
@@ -50,7 +51,7 @@ def ace_filter(sched: Schedule, model_fn, x, tau: int, noise_q, noise_steps, *, 
   """
   k0 = jnp.full(x.shape[:-3], tau - 1, jnp.int32)
   xt = q_sample(sched, x, k0, noise_q)
-  return ddpm_chain(sched, model_fn, xt, tau - 1, noise_steps, mode=mode)
+  return ddpm_chain(sched, model_fn, xt, tau - 1, noise_steps, mode=mode, variance=variance)
 
 
 def generate_mask(x, pe, dilation: int, threshold: float):
@@ -73,7 +74,7 @@ def generate_mask(x, pe, dilation: int, threshold: float):
 
 
 def repaint(sched: Schedule, model_fn, x, pe, boolmask, tau: int, noise_q, noise_orig, noise_steps, *,
-            mode="unrolled"):
+            mode="unrolled", variance: str = "learned_range"):
   """ACE's refinement (``main.py: filter_fn``) on [0, 1] images; returns the CE in [0, 1].
 
   The kept region (``boolmask == 1``) is overwritten with ``q_sample(orig, k)`` at the level k that
@@ -88,7 +89,7 @@ def repaint(sched: Schedule, model_fn, x, pe, boolmask, tau: int, noise_q, noise
   def body(h, k, noises):
     n_orig, n_step = noises
     h = h * (1 - keep) + keep * q_sample(sched, orig, k, n_orig)
-    return ddpm_step(sched, model_fn, h, k, n_step).sample
+    return ddpm_step(sched, model_fn, h, k, n_step, variance=variance).sample
 
   ks = np.arange(tau - 1, -1, -1)
   ce = run_chain(body, ce, ks, (noise_orig[ks], noise_steps[ks]), mode=mode)
@@ -159,6 +160,10 @@ def diffusion_counterfactual(*, predictor, diffusion, schedule: Schedule, task: 
   f_apply, f_params = _unpack(predictor, "predictor")
   u_apply, u_params = _unpack(diffusion, "diffusion")
   f = _per_example(f_apply)
+  # A 6-channel UNet learns its variance (guided-diffusion's learn_sigma); a 3-channel one uses the
+  # posterior variance ("fixed_small", DDPM's sigma_t^2 = beta_tilde_t).
+  unet_config = getattr(diffusion, "config", None) or {}
+  variance = "fixed_small" if unet_config.get("out_channels") == 3 else "learned_range"
   opt = make_optimizer(optimizer, step_size)
   classification = task == "classification"
   params = {"predictor": f_params, "unet": u_params, "schedule": schedule}
@@ -176,7 +181,7 @@ def diffusion_counterfactual(*, predictor, diffusion, schedule: Schedule, task: 
   def filtered(p, x, key):
     nq, ns = noises(key, x.shape)
     y = ace_filter(p["schedule"], _model_fn(u_apply, p["unet"]), x * 2 - 1, tau, nq, ns,
-                   mode=chain_mode)
+                   mode=chain_mode, variance=variance)
     return y * 0.5 + 0.5
 
   def objective(x, p, x0, target, key):
@@ -219,7 +224,7 @@ def diffusion_counterfactual(*, predictor, diffusion, schedule: Schedule, task: 
     shape = s.x0.shape
     ce = repaint(p["schedule"], _model_fn(u_apply, p["unet"]), s.x0, s.x, boolmask, tau,
                  jax.random.normal(kq, shape), jax.random.normal(ko, (tau,) + shape),
-                 jax.random.normal(ks, (tau,) + shape), mode=chain_mode)
+                 jax.random.normal(ks, (tau,) + shape), mode=chain_mode, variance=variance)
     pred = f(p["predictor"], ce)
     success = criterion(pred, s.target, 0.0) & ~s.nonfinite
     status = jnp.where(s.nonfinite, Status.NONFINITE,
@@ -232,7 +237,7 @@ def diffusion_counterfactual(*, predictor, diffusion, schedule: Schedule, task: 
                   optimizer=optimizer if isinstance(optimizer, str) else "custom", dist=dist,
                   lam=lam, early_stop=early_stop, margin=margin, tolerance=tolerance,
                   mask_dilation=mask_dilation, mask_threshold=mask_threshold,
-                  chain_mode=chain_mode, schedule_steps=n_steps)
+                  chain_mode=chain_mode, schedule_steps=n_steps, variance=variance)
   return Method(init=init, step=step, done=done, result=result, params=params,
                 max_steps=iterations, name=name, settings=settings,
                 target_kind="class" if classification else "value")
@@ -270,14 +275,16 @@ def ace(*, predictor, diffusion, schedule: Schedule, tau: int = 5, iterations: i
 
 @register_method("acre")
 def acre(*, predictor, diffusion, schedule: Schedule, tau: int = 5, iterations: int = 200,
-         step_size: float = 1 / 255, optimizer="sign", dist: str = "l1", lam: float = 0.0,
+         step_size: float = 1 / 255, optimizer="sign", dist: str = "l1", lam: float | None = None,
          tolerance: float = 0.05, early_stop: bool = True, mask_dilation: int = 5,
          mask_threshold: float = 0.15, chain_mode: str = "unrolled") -> Method:
   """AC-RE for regressors: MSE to a target value, per-image early stop at ``|f - target| <= tolerance``.
 
   The paper's squares setting: 1000 steps re-spaced to 50, tau = 5, step 2/255, 100 iterations,
-  tolerance 0.05, mask dilation 5, threshold 0.15. The proximity term is off by default
-  (``lam = 0``): AC-RE relies on early stopping and the refinement mask for minimality.
+  tolerance 0.05, mask dilation 5, threshold 0.15. The proximity term defaults to ACE's (l1,
+  ``lam = 0.001`` per pixel): with sign-PGD it is what keeps pixels whose loss gradient is weaker
+  than ``lam`` oscillating around the original, so the refinement mask stays on what matters
+  (with ``lam = 0`` every pixel drifts and the mask covers the whole image).
   """
   return diffusion_counterfactual(
       predictor=predictor, diffusion=diffusion, schedule=schedule, task="regression", tau=tau,
