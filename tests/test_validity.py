@@ -1,0 +1,94 @@
+"""Validity on the testbeds with the bundled models (issue thresholds, on small subsets for CI).
+
+The full-grid numbers come from ``benchmarks/validity.py`` (see benchmarks/README.md).
+"""
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cfjax import data, engine, methods, nets
+from cfjax.diffusion import ddim_invert, ddim_sample_loop, make_schedule
+from cfjax.engine.job import load_diffusion
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+from validity import squares_report  # noqa: E402
+
+IDS = np.arange(0, 315, 40)  # 8 lower-grid images spread over positions, colours and backgrounds
+
+
+@pytest.fixture(scope="module")
+def squares_ddpm():
+  return load_diffusion("squares_ddpm")
+
+
+@pytest.fixture(scope="module")
+def grids():
+  return data.squares_grid("lower", image_size=32), data.squares_grid("upper", image_size=32)
+
+
+def _acre(name, squares_ddpm, grids):
+  unet, meta = squares_ddpm
+  f = nets.load_predictor(name)
+  sched = make_schedule(meta["diffusion"]["steps"], meta["diffusion"]["schedule"], "50")
+  m = methods.make("acre", predictor=f.net, diffusion=unet, schedule=sched, tau=5, iterations=100,
+                   step_size=2 / 255, mask_dilation=5)
+  lower, upper = grids
+  x = lower["image"][IDS]
+  t = methods.make_targets("mirror", task="regression", predictions=f(x), labels=lower["label"][IDS])[:, 0]
+  res = engine.explain(m, x, t, key=jax.random.key(0), num_slots=8, steps_per_call=2, progress=False)
+  res.update(image_id=IDS, original=x, target=t)
+  return squares_report(res, lower, upper)
+
+
+@pytest.fixture(scope="module")
+def acre_rho0(squares_ddpm, grids):
+  return _acre("squares_regressor_rho0", squares_ddpm, grids)
+
+
+@pytest.fixture(scope="module")
+def acre_rho1(squares_ddpm, grids):
+  return _acre("squares_regressor_rho1", squares_ddpm, grids)
+
+
+def test_acre_reaches_the_mirror_target(acre_rho0):
+  assert acre_rho0["success_rate"] >= 0.9, acre_rho0
+
+
+def test_acre_change_is_in_the_square_for_the_faithful_regressor(acre_rho0):
+  assert acre_rho0["inside_over_background"] > 3, acre_rho0
+  # The CE moves towards its ideal counterfactual (the upper twin) inside the square.
+  assert acre_rho0["interior_red_distance_to_ideal_255"] < acre_rho0["interior_red_original_to_ideal_255"]
+
+
+def test_acre_exposes_the_shortcut(acre_rho0, acre_rho1):
+  assert acre_rho1["mean_change_background_255"] > acre_rho0["mean_change_background_255"], (acre_rho0, acre_rho1)
+
+
+def test_ace_flips_the_shapes_classifier():
+  unet, meta = load_diffusion("shapes_ddpm")
+  f = nets.load_predictor("shapes_classifier")
+  sched = make_schedule(meta["diffusion"]["steps"], meta["diffusion"]["schedule"], "50")
+  m = methods.make("ace", predictor=f.net, diffusion=unet, schedule=sched, tau=5, iterations=50,
+                   step_size=2 / 255, early_stop=True, mask_dilation=5)
+  batch = next(iter(data.load("shapes", split="test", batch_size=8, shuffle=False, image_size=32)))
+  t = methods.make_targets("flip", task="classification", predictions=f(batch["image"]))[:, 0]
+  res = engine.explain(m, batch["image"], t, key=jax.random.key(0), num_slots=8, steps_per_call=2,
+                       progress=False)
+  assert res["success"].mean() >= 0.95, (res["prediction"], res["iterations"])
+
+
+def test_ddim_round_trip_on_the_trained_model(squares_ddpm, grids):
+  unet, meta = squares_ddpm
+  sched = make_schedule(meta["diffusion"]["steps"], meta["diffusion"]["schedule"], "ddim100")
+  model = lambda x, t: unet.apply(unet.params, x, t)  # noqa: E731
+  x0 = jnp.asarray(grids[0]["image"][IDS[:4]]) * 2 - 1
+  run = jax.jit(lambda x: ddim_sample_loop(sched, model, ddim_invert(sched, model, x, mode="rolled"),
+                                           mode="rolled"))
+  rec = run(x0)
+  err = float(jnp.abs(rec - x0).mean()) * 127.5
+  assert err < 8.0, err  # mean absolute error in [0, 255] units
