@@ -24,6 +24,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -45,7 +46,7 @@ KEY = jax.random.key(0)
 
 def settings(quick: bool, args) -> dict:
   if quick:
-    return dict(slots=(1, 2), iterations=2, tau=2, calls=2, batch_n=6, batch_slots=2, one_device_max_slots=2,
+    return dict(slots=(1, 2), iterations=2, tau=2, calls=2, batch_n=6, batch_slots=2, one_device_max_slots=1,
                 acre_iters=8,
                 ace_es_iters=8, mem_taus=(1, 2), mem_slots=1, large=())
   return dict(slots=tuple(args.slots), iterations=args.iterations, tau=5, calls=3, batch_n=args.batch_images,
@@ -155,11 +156,12 @@ def compare_batching(name: str, m, x, t, slots: int) -> dict:
   from cfjax.engine import Engine, iterate_examples
   eng = Engine(m, num_slots=slots, steps_per_call=1)
   ph = common.engine_phases(eng, x[:slots], t[:slots], KEY, calls=1)
-  out = {"method": m.name, "case": name, "images": len(x), "slots": eng.num_slots,
+  out = {"method": m.name, "case": name, "images": len(x), "slots": eng.num_slots, "settings": m.settings,
          "devices": len(jax.devices()), "max_iterations": m.max_steps, "compile_s": ph["compile_s"],
          "seconds_per_iteration": ph["seconds_per_iteration"]}
   for mode in ("continuous", "fixed"):
     got: list[dict] = []
+    mon = common.LoadMonitor(every_s=10.0).start()
     t0 = time.perf_counter()
     if mode == "continuous":
       eng.run(iterate_examples(x, t), key=KEY, on_result=got.append, progress=False)
@@ -168,14 +170,16 @@ def compare_batching(name: str, m, x, t, slots: int) -> dict:
         ids = np.arange(a, min(a + slots, len(x)))
         eng.run(iterate_examples(x[ids], t[ids], ids), key=KEY, on_result=got.append, progress=False)
     sec = time.perf_counter() - t0
+    load = mon.stop()
     its = np.concatenate([g["iterations"] for g in got])
     succ = np.concatenate([g["success"] for g in got])
     # Every on_result call is one refinement (result program) over all slots.
     out[mode] = {"seconds": sec, "ce_per_s": len(x) / sec, "flip_rate": float(succ.mean()),
                  "mean_iterations": float(its.mean()), "max_iterations_seen": int(its.max()),
-                 "result_calls": len(got)}
+                 "result_calls": len(got), "other_cores_used_mean": load["mean_other_cores_used"],
+                 "other_cores_used_max": load["max_other_cores_used"]}
     common.log(f"  {name} {mode:10s}: {len(x) / sec:.3f} CE/s, flip {succ.mean():.2f}, "
-               f"mean iters {its.mean():.1f}")
+               f"mean iters {its.mean():.1f}, other processes {load['mean_other_cores_used']:.2f} cores")
   out["speedup_continuous_vs_fixed"] = out["continuous"]["ce_per_s"] / out["fixed"]["ce_per_s"]
   return out
 
@@ -254,6 +258,22 @@ def speedups(res: dict) -> dict:
   return out
 
 
+def merge_update(prev: dict, new: dict, args) -> dict:
+  """``prev`` with the re-measured sections of ``new``; the replaced values stay in the file."""
+  out = dict(prev)
+  out.setdefault("section_load", {})
+  for name in new["section_load"]:
+    out.setdefault("replaced", {})[name] = {"values": prev.get(name), "load": out["section_load"].get(name),
+                                            "reason": args.note}
+    out[name] = new[name]
+    out["section_load"][name] = new["section_load"][name]
+  out.setdefault("updates", []).append({"time": new["load_start"]["time"], "sections": sorted(new["section_load"]),
+                                        "note": args.note, "load_during": new["load_during"],
+                                        "matmul": new["matmul"], "wall_seconds": new["wall_seconds"]})
+  out["speedups"] = speedups(out)
+  return out
+
+
 def plot(res: dict, path: Path) -> None:
   import matplotlib
   matplotlib.use("Agg")
@@ -303,7 +323,8 @@ def plot(res: dict, path: Path) -> None:
   load = res["load_during"]
   fig.suptitle(f"cfjax ACE engine on {res['machine']['cpu_count']} CPU cores ({'quick' if res['quick'] else 'full'}); "
                f"other processes used {load['mean_other_cores_used']:.2f} cores on average "
-               f"(max {load['max_other_cores_used']:.2f}; DDPM trainings running: up to {load['max_ddpm_trainings']})",
+               f"(max {load['max_other_cores_used']:.2f}; DDPM trainings running: up to {load['max_ddpm_trainings']})"
+               + "".join(f"; {', '.join(u['sections'])} re-measured {u['time'][11:16]}" for u in res.get("updates", [])),
                fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -329,6 +350,9 @@ def main(argv=None) -> dict:
   p.add_argument("--out-dir", default=None, help="default benchmarks/results")
   p.add_argument("--note", default="", help="free text stored in the JSON (e.g. reduced run)")
   p.add_argument("--tag", default="", help="suffix of the output names (e.g. 'reduced')")
+  p.add_argument("--update", action="store_true",
+                 help="re-measure only --sections and replace them in the existing JSON (the old values "
+                      "are kept under 'replaced'; --note says why)")
   args = p.parse_args(argv)
   from cfjax import nets
   st = settings(args.quick, args)
@@ -343,22 +367,24 @@ def main(argv=None) -> dict:
   predictor = nets.load_predictor("shapes_classifier")
   unet, origin = common.unet("small32", fixture=Path(args.fixture))
   res["models"] = {"small32_unet": origin, "classifier": "bundled shapes_classifier (small_cnn, 32 px)"}
-  if "fixed" in args.sections:
-    common.log("fixed iterations (small32)")
-    res["fixed"] = fixed(st, predictor, unet, res["matmul"])
-  if "large" in args.sections and st["large"]:
-    common.log("large configs (extrapolated)")
-    res["large"] = large(st, res["matmul"])
-  if "batching" in args.sections:
-    common.log("continuous vs fixed batching")
-    res["batching"] = batching(st, args, predictor, unet)
-  if "memory" in args.sections:
-    common.log("memory vs tau")
-    res["memory"] = memory(st, predictor, unet)
+  runners = {"fixed": ("fixed iterations (small32)", lambda: fixed(st, predictor, unet, res["matmul"])),
+             "large": ("large configs (extrapolated)", lambda: large(st, res["matmul"])),
+             "batching": ("continuous vs fixed batching", lambda: batching(st, args, predictor, unet)),
+             "memory": ("memory vs tau", lambda: memory(st, predictor, unet))}
+  res["section_load"] = {}
+  for name in ("fixed", "large", "batching", "memory"):
+    if name not in args.sections or (name == "large" and not st["large"]):
+      continue
+    common.log(runners[name][0])
+    mon = common.LoadMonitor(every_s=15.0).start()
+    res[name] = runners[name][1]()
+    res["section_load"][name] = mon.stop()
   res["speedups"] = speedups(res)
   res["load_during"] = monitor.stop()
   res["load_end"] = common.machine_load()
   res["wall_seconds"] = time.perf_counter() - t_start
+  if args.update:
+    res = merge_update(json.loads(json_path.read_text()), res, args)
   common.write_json(json_path, res)
   if res["fixed"] and res["batching"] and res["memory"]:
     plot(res, png_path)
