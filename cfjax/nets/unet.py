@@ -47,14 +47,41 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: int = 10000) -> jax.A
   return emb
 
 
+def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int = 32,
+               eps: float = 1e-5) -> jax.Array:
+  """GroupNorm of NHWC ``x`` (biased variance, two passes), the same map as ``torch.nn.GroupNorm``.
+
+  Statistics go through per-channel sums over the pixels (a reduction along the contiguous axis)
+  and are then pooled per group: on XLA:CPU this is about 4x faster forward and 11% faster for a
+  5-step chain gradient of the small UNet than ``nnx.GroupNorm``'s strided group reductions, at
+  the same float32 results to a few ulps.
+  """
+  n, h, w, c = x.shape
+  per_group = h * w * (c // groups)
+
+  def group_mean(channel_sums):  # (n, c) -> each channel's group mean, (n, c)
+    g = channel_sums.reshape(n, groups, c // groups).sum(-1, keepdims=True) / per_group
+    return jnp.broadcast_to(g, (n, groups, c // groups)).reshape(n, c)
+
+  xf = x.reshape(n, h * w, c)
+  d = xf - group_mean(jnp.sum(xf, axis=1))[:, None, :]
+  inv = jax.lax.rsqrt(group_mean(jnp.sum(d * d, axis=1)) + eps)
+  return (d * inv[:, None, :]).reshape(x.shape) * scale + bias
+
+
 class GroupNorm32(nnx.Module):
-  """GroupNorm with 32 groups and eps 1e-5, always computed in float32 (``nn.py: GroupNorm32``)."""
+  """GroupNorm with 32 groups and eps 1e-5, always computed in float32 (``nn.py: GroupNorm32``).
+
+  Parameters live in an ``nnx.GroupNorm`` (``norm.scale``, ``norm.bias``) so checkpoints keep
+  their layout; the computation is :func:`group_norm`.
+  """
 
   def __init__(self, channels: int, *, rngs: nnx.Rngs):
     self.norm = nnx.GroupNorm(channels, num_groups=32, epsilon=1e-5, dtype=jnp.float32, rngs=rngs)
 
   def __call__(self, x):
-    return self.norm(x.astype(jnp.float32)).astype(x.dtype)
+    return group_norm(x.astype(jnp.float32), self.norm.scale[...], self.norm.bias[...],
+                      self.norm.num_groups, self.norm.epsilon).astype(x.dtype)
 
 
 def _conv(cin, cout, k, *, stride=1, dtype, rngs, zero=False):
@@ -171,9 +198,12 @@ class AttentionBlock(nnx.Module):
       qkv = qkv.reshape(b, hh * ww, heads, 3, ch)
       q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
     scale = 1.0 / math.sqrt(math.sqrt(ch))  # q and k are both scaled by ch ** -0.25, as in the original
-    w = jnp.einsum("bthc,bshc->bhts", q * scale, k * scale)
+    # Heads-major (b, h, t, c) operands: XLA:CPU fused the softmax into a (b, t, h, c) contraction
+    # about 5x slower (17 ms vs 3 ms for 16 x 256 tokens x 2 heads of 32 channels).
+    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
+    w = jnp.einsum("bhtc,bhsc->bhts", q * scale, k * scale)
     w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(w.dtype)
-    a = jnp.einsum("bhts,bshc->bthc", w, v).reshape(b, hh, ww, c)
+    a = jnp.swapaxes(jnp.einsum("bhts,bhsc->bhtc", w, v), 1, 2).reshape(b, hh, ww, c)
     return x + self.proj_out(a)
 
 
