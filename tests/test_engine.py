@@ -60,11 +60,22 @@ def test_identical_across_slots_devices_and_k(method, reference, slots, devices,
   np.testing.assert_array_equal(res["trace"], ref["trace"])
 
 
+@pytest.mark.parametrize("result_slots", [1, 3, 8])
+def test_results_are_computed_in_full_buffers(method, reference, result_slots):
+  """Finished examples wait in the result buffer: one result call per full buffer plus the tail."""
+  res, stats = engine.explain(method, X, T, key=jax.random.key(0), num_slots=4, steps_per_call=2,
+                              result_slots=result_slots, progress=False, return_stats=True)
+  assert stats["result_calls"] == -(-N // stats["result_slots"])
+  assert stats["num_done"] == N
+  for k in ("id", "x", "trace"):
+    np.testing.assert_array_equal(res[k], reference[0][k])
+
+
 def test_engine_compiles_once_across_runs(method):
   eng = engine.Engine(method, num_slots=4, steps_per_call=2)
   for seed in range(2):
     eng.run(engine.iterate_examples(X, T), key=jax.random.key(seed), progress=False)
-  assert eng.trace_counts == {"init": 1, "advance": 1, "result": 1}
+  assert eng.trace_counts == {"init": 1, "advance": 1, "stash": 1, "result": 1}
 
 
 def test_resume_skips_finished(tmp_path, method, reference):

@@ -1,9 +1,12 @@
 """The continuous-batching engine: any method over a dataset, compiled once, sharded across devices.
 
 A fixed number of *slots* holds one example each. The engine advances all slots by ``K`` method
-steps per call (the method's per-slot ``done`` flag turns finished slots into no-ops), then writes
-out finished slots and refills them with the next examples. Throughput therefore follows the mean
-number of iterations, not the maximum of a batch. Slots are sharded over the devices of a 1-D mesh
+steps per call (the method's per-slot ``done`` flag turns finished slots into no-ops), then moves
+finished slots' states into a *result buffer* and refills the slots with the next examples.
+Throughput therefore follows the mean number of iterations, not the maximum of a batch. The
+method's ``result`` (for ACE the RePaint refinement, about a third of an iteration) runs once the
+buffer is full (and at the end), so it is paid once per example in full batches, not once per
+finishing event over every slot. Slots are sharded over the devices of a 1-D mesh
 (``jax.sharding``), which is also how both cores of one CPU machine get used (one XLA:CPU program
 keeps about one core busy). In a multi-process run (``jax.distributed``), every process takes the
 examples whose index modulo the process count is its own and runs its own engine.
@@ -48,14 +51,21 @@ class Engine:
     steps_per_call: method steps per compiled call (K); the host checks for finished slots
       between calls.
     devices: devices of the data-parallel mesh (default: this process's local devices).
+    result_slots: finished examples whose ``result`` is computed together (default
+      ``num_slots``); rounded up to a multiple of the device count. Finished examples wait in
+      the buffer until it is full, so a killed run recomputes at most this many.
   """
 
-  def __init__(self, method: Method, *, num_slots: int = 16, steps_per_call: int = 5, devices=None):
+  def __init__(self, method: Method, *, num_slots: int = 16, steps_per_call: int = 5, devices=None,
+               result_slots: int | None = None):
     if steps_per_call < 1:
       raise CfjaxInputError(f"steps_per_call must be >= 1, got {steps_per_call}")
+    if result_slots is not None and result_slots < 1:
+      raise CfjaxInputError(f"result_slots must be >= 1, got {result_slots}")
     devices = list(devices or jax.local_devices())
     n = len(devices)
     self.num_slots = max(n, -(-num_slots // n) * n)
+    self.result_slots = max(n, -(-(result_slots or self.num_slots) // n) * n)
     self.method = method
     self.steps_per_call = steps_per_call
     self.mesh = Mesh(np.array(devices), ("slots",))
@@ -80,7 +90,7 @@ class Engine:
 
     s = self.slot_sharding
     # How often each program was traced: the recompilation guard of the tests reads it.
-    self.trace_counts = {"init": 0, "advance": 0, "result": 0}
+    self.trace_counts = {"init": 0, "advance": 0, "stash": 0, "result": 0}
 
     def counted(name, fn):
       def wrapped(*args):
@@ -92,7 +102,16 @@ class Engine:
       keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
       return jax.tree.map(jnp.zeros_like, vinit(params, x, t, keys))
 
+    def stash(buffer, states, src, dst):
+      # buffer[j] = states[src[j]] where dst[j]: finished slots move into free buffer rows.
+      return _where(dst, jax.tree.map(lambda a: a[src], states), buffer)
+
+    R = self.result_slots
     self._empty = jax.jit(empty, out_shardings=s)
+    self._empty_buffer = jax.jit(
+        lambda states: jax.tree.map(lambda a: jnp.zeros((R,) + a.shape[1:], a.dtype), states),
+        out_shardings=s)
+    self._stash = jax.jit(counted("stash", stash), out_shardings=s, donate_argnums=(0,))
     self._init = jax.jit(counted("init", init), out_shardings=s, donate_argnums=(6,))
     self._advance = jax.jit(counted("advance", advance), out_shardings=(s, s), donate_argnums=(1,))
     self._result = jax.jit(counted("result", vresult), out_shardings=s)
@@ -104,10 +123,10 @@ class Engine:
           on_result=None, progress: bool = True) -> dict:
     """Runs until ``examples`` (an iterator of ``(id, image HWC, target)``) is exhausted.
 
-    ``on_result(dict of numpy arrays for finished examples)`` is called after every finished group
-    (the writer commits there). Returns timing statistics.
+    ``on_result(dict of numpy arrays for finished examples)`` is called after every ``result``
+    call on the buffer (the writer commits there). Returns timing statistics.
     """
-    S = self.num_slots
+    S, R = self.num_slots, self.result_slots
     m = self.method
     it = iter(examples)
     first = next(it, None)
@@ -150,24 +169,46 @@ class Engine:
     p = self.params
     xs, ts, idss = self._put(x), self._put(t), self._put(ids)
     states = self._init(p, xs, ts, idss, key, self._put(mask), self._empty(p, xs, ts, idss, key))
-    n_calls = n_done = 0
-    steps_total = 0
+    buffer = self._empty_buffer(states)
+    buf_id = np.full(R, -1, np.int64)
+    counts = {"calls": 0, "done": 0, "steps": 0, "result_calls": 0}
+
+    def flush():
+      nonlocal buffer
+      res = jax.device_get(self._result(p, buffer))
+      rows = np.nonzero(buf_id >= 0)[0]
+      out = {k: np.asarray(v)[rows] for k, v in res.items()}
+      out["id"] = buf_id[rows].copy()
+      counts["steps"] += int(np.sum(out.get("iterations", 0)))
+      counts["result_calls"] += 1
+      if on_result is not None:
+        on_result(out)
+      counts["done"] += len(rows)
+      if bar is not None:
+        bar.update(len(rows))
+      buf_id[:] = -1
+
+    def move_to_buffer(finished):
+      nonlocal buffer
+      queue = list(finished)
+      while queue:
+        free = np.nonzero(buf_id < 0)[0][: len(queue)]
+        src, dst = np.zeros(R, np.int32), np.zeros(R, bool)
+        src[free], dst[free] = queue[: len(free)], True
+        buffer = self._stash(buffer, states, self._put(src), self._put(dst))
+        buf_id[free] = slot_id[queue[: len(free)]]
+        queue = queue[len(free):]
+        if (buf_id >= 0).all():
+          flush()
+
     while (slot_id >= 0).any():
       states, done = self._advance(p, states, self._put(slot_id >= 0))
-      n_calls += 1
+      counts["calls"] += 1
       done = np.asarray(done) & (slot_id >= 0)
       if not done.any():
         continue
-      res = jax.device_get(self._result(p, states))
       finished = np.nonzero(done)[0]
-      out = {k: np.asarray(v)[finished] for k, v in res.items()}
-      out["id"] = slot_id[finished].copy()
-      steps_total += int(np.sum(out.get("iterations", 0)))
-      if on_result is not None:
-        on_result(out)
-      n_done += len(finished)
-      if bar is not None:
-        bar.update(len(finished))
+      move_to_buffer(finished)
       slot_id[finished] = -1
       batch = take(len(finished))
       positions = finished[: len(batch)]
@@ -175,13 +216,16 @@ class Engine:
         x, t, ids, mask = arrays(batch, positions)
         slot_id[positions] = [b[0] for b in batch]
         states = self._init(p, self._put(x), self._put(t), self._put(ids), key, self._put(mask), states)
+    if (buf_id >= 0).any():
+      flush()
     if bar is not None:
       bar.close()
     elapsed = time.perf_counter() - t_start
-    return {"num_done": n_done, "calls": n_calls, "seconds": elapsed,
-            "ce_per_s": n_done / elapsed if elapsed > 0 else float("nan"),
-            "mean_iterations": steps_total / max(n_done, 1), "num_slots": S,
-            "num_devices": len(self.mesh.devices.reshape(-1))}
+    n_done = counts["done"]
+    return {"num_done": n_done, "calls": counts["calls"], "result_calls": counts["result_calls"],
+            "seconds": elapsed, "ce_per_s": n_done / elapsed if elapsed > 0 else float("nan"),
+            "mean_iterations": counts["steps"] / max(n_done, 1), "num_slots": S,
+            "result_slots": R, "num_devices": len(self.mesh.devices.reshape(-1))}
 
 
 def iterate_examples(images, targets, ids=None, *, skip: set[int] | frozenset = frozenset(),
@@ -197,7 +241,7 @@ def iterate_examples(images, targets, ids=None, *, skip: set[int] | frozenset = 
 
 def explain(method: Method, images, targets, *, key, ids=None, num_slots: int = 16,
             steps_per_call: int = 5, out_dir=None, run_settings: dict | None = None, devices=None,
-            progress: bool = True, return_stats: bool = False):
+            progress: bool = True, return_stats: bool = False, result_slots: int | None = None):
   """Explains every image (NHWC in [0, 1]) towards its target with the continuous-batching engine.
 
   Args:
@@ -209,6 +253,7 @@ def explain(method: Method, images, targets, *, key, ids=None, num_slots: int = 
     out_dir: optional run directory for a resumable run (see :class:`ResultWriter`); finished
       examples found there are skipped and their stored results returned.
     run_settings: extra settings recorded in (and checked against) the run directory.
+    result_slots: finished examples refined together (default ``num_slots``, see :class:`Engine`).
 
   Returns:
     dict of per-example arrays sorted by id (and run statistics if ``return_stats``).
@@ -246,7 +291,7 @@ def explain(method: Method, images, targets, *, key, ids=None, num_slots: int = 
   stats = {"num_done": 0, "seconds": 0.0}
   if todo:
     eng = Engine(method, num_slots=min(num_slots, max(len(todo), 1)), steps_per_call=steps_per_call,
-                 devices=devices)
+                 devices=devices, result_slots=result_slots)
     stats = eng.run(iterate_examples(images, targets.astype(np.int32 if method.target_kind == "class"
                                                            else np.float32), ids, skip=skip,
                                      process_index=pi, process_count=pc),
