@@ -35,6 +35,8 @@ def add_parser(sub):
   p.add_argument("--chain-mode", choices=("unrolled", "rolled"), default=None)
   p.add_argument("--num-slots", type=int, default=16)
   p.add_argument("--steps-per-call", type=int, default=2)
+  p.add_argument("--result-slots", type=int, default=None,
+                 help="finished CEs refined together (default: --num-slots)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", required=True)
   p.add_argument("--quiet", action="store_true")
@@ -66,7 +68,8 @@ def run(args) -> int:
       method=args.method, dataset=args.dataset, split=args.split, limit=args.limit,
       predictor=args.predictor, diffusion=args.diffusion, out_dir=args.out, target=target,
       respacing=args.respacing, tau=args.tau, iterations=args.iterations, step_size=args.step_size,
-      num_slots=args.num_slots, steps_per_call=args.steps_per_call, seed=args.seed,
+      num_slots=args.num_slots, steps_per_call=args.steps_per_call,
+      result_slots=args.result_slots, seed=args.seed,
       dataset_options=parse_options(args.dataset_option), method_options=opts,
       progress=not args.quiet)
   print(f"{summary['num_explained']} counterfactuals, {summary['success_rate']:.1%} reach the target, "

@@ -63,7 +63,8 @@ def load_images(dataset: str, *, split: str = "test", limit: int | None = None, 
 def explain_dataset(*, method: str, dataset: str, predictor, diffusion, out_dir, target: str,
                     split: str = "test", limit: int | None = None, respacing: str | None = None,
                     tau: int = 5, iterations: int | None = None, step_size: float | None = None,
-                    num_slots: int = 16, steps_per_call: int = 2, seed: int = 0,
+                    num_slots: int = 16, steps_per_call: int = 2,
+                    result_slots: int | None = None, seed: int = 0,
                     dataset_options: dict | None = None, method_options: dict | None = None,
                     subset=None, figure_rows: int = 8, progress: bool = True) -> dict:
   """Runs ``method`` on a dataset and writes ``out_dir/{results.npz, summary.json, grid.png}``.
@@ -128,6 +129,7 @@ def explain_dataset(*, method: str, dataset: str, predictor, diffusion, out_dir,
   t0 = time.perf_counter()
   results, stats = explain(m, job_x, job_t, ids=job_ids, key=jax.random.key(seed),
                            num_slots=num_slots, steps_per_call=steps_per_call,
+                           result_slots=result_slots,
                            out_dir=out_dir / "run", run_settings=settings, progress=progress,
                            return_stats=True)
   wall = time.perf_counter() - t0
