@@ -62,6 +62,9 @@ def main(argv=None) -> dict:
   p.add_argument("--out", default="benchmarks/results/validity.json")
   p.add_argument("--work", default="/tmp/cfjax_validity")
   p.add_argument("--models", nargs="+", default=["squares_regressor_rho0", "squares_regressor_rho1"])
+  p.add_argument("--squares-ddpm", default="squares_ddpm", help="bundled name or checkpoint path")
+  p.add_argument("--shapes-ddpm", default="shapes_ddpm", help="bundled name or checkpoint path")
+  p.add_argument("--shapes-tau", type=int, default=5)
   args = p.parse_args(argv)
 
   import numpy as np
@@ -70,12 +73,14 @@ def main(argv=None) -> dict:
 
   lower, upper = squares_grid("lower", image_size=32), squares_grid("upper", image_size=32)
   subset = np.arange(0, 315, args.every)
-  report = {"setting": "acre: 1000 steps re-spaced to 50, tau 5, step 2/255, <= 100 iterations, "
+  report = {"squares_ddpm": str(args.squares_ddpm), "shapes_ddpm": str(args.shapes_ddpm),
+            "shapes_tau": args.shapes_tau,
+            "setting": "acre: 1000 steps re-spaced to 50, tau 5, step 2/255, <= 100 iterations, "
                        "tolerance 0.05, mask dilation 5, threshold 0.15, target mirror (+128/255)"}
   for name in args.models:
     t0 = time.time()
     s = explain_dataset(method="acre", dataset="squares_grid_lower", predictor=name,
-                        diffusion="squares_ddpm", out_dir=Path(args.work) / name, target="mirror",
+                        diffusion=args.squares_ddpm, out_dir=Path(args.work) / name, target="mirror",
                         respacing="50", tau=5, iterations=100, step_size=2 / 255,
                         method_options={"mask_dilation": 5, "tolerance": 0.05}, subset=subset,
                         num_slots=16, steps_per_call=2)
@@ -86,8 +91,9 @@ def main(argv=None) -> dict:
   if args.shapes:
     t0 = time.time()
     s = explain_dataset(method="ace", dataset="shapes", predictor="shapes_classifier",
-                        diffusion="shapes_ddpm", out_dir=Path(args.work) / "ace_shapes",
-                        target="flip", limit=args.shapes, respacing="50", tau=5, iterations=50,
+                        diffusion=args.shapes_ddpm, out_dir=Path(args.work) / "ace_shapes",
+                        target="flip", limit=args.shapes, respacing="50", tau=args.shapes_tau,
+                        iterations=50,
                         step_size=2 / 255, method_options={"early_stop": True, "mask_dilation": 5},
                         num_slots=16, steps_per_call=2)
     report["ace_shapes"] = {"num_images": s["num_explained"], "flip_rate": s["success_rate"],

@@ -90,6 +90,22 @@ def test_acre_reaches_targets_and_reports_nonfinite(acre):
   assert len(set(res["iterations"][:4].tolist())) > 1
 
 
+def test_acre_margin_tightens_the_early_stop(unet_small, acre):
+  """With margin m the attack stops at |f(F(x')) - t| <= tolerance - m, so it runs at least as long."""
+  tight = methods.make("acre", predictor=(red_value, {"gain": jnp.float32(1.0)}), diffusion=unet_small,
+                       schedule=SCHED, tau=2, iterations=15, step_size=4 / 255, tolerance=0.05,
+                       margin=0.03, mask_dilation=5, lam=0.0)
+  x = images(4, seed=1)
+  targets = np.array([0.45, 0.5, 0.4, 0.55], np.float32)
+  kw = dict(key=jax.random.key(0), num_slots=4, steps_per_call=1, progress=False)
+  loose, strict = engine.explain(acre, x, targets, **kw), engine.explain(tight, x, targets, **kw)
+  stopped = strict["iterations"] < 15
+  assert stopped.sum() >= 3, strict["iterations"]
+  np.testing.assert_array_less(np.abs(strict["pre_prediction"] - targets)[stopped], 0.02 + 1e-6)
+  assert (strict["iterations"] >= loose["iterations"]).all()
+  assert (strict["iterations"] > loose["iterations"]).any()
+
+
 def test_step_compiles_once_and_modes_agree(unet_small):
   kw = dict(predictor=(red_value, {"gain": jnp.float32(1.0)}), diffusion=unet_small, schedule=SCHED,
             tau=2, iterations=3)
@@ -121,6 +137,8 @@ def test_bad_settings_are_named(unet_small):
     methods.make("acre", dist="l3", **kw)
   with pytest.raises(CfjaxInputError, match="odd"):
     methods.make("acre", mask_dilation=4, **kw)
+  with pytest.raises(CfjaxInputError, match=r"margin=0.05 must be in \[0, tolerance=0.05\)"):
+    methods.make("acre", margin=0.05, **kw)
   with pytest.raises(CfjaxInputError, match="unknown method 'acee'"):
     methods.make("acee", **kw)
 

@@ -31,6 +31,9 @@ def add_parser(sub):
   p.add_argument("--optimizer", choices=("sign", "sgd", "adam"), default=None)
   p.add_argument("--early-stop", action="store_true", help="ace: stop an image once its decision is the target")
   p.add_argument("--tolerance", type=float, default=None, help="acre: early-stop tolerance (default 0.05)")
+  p.add_argument("--margin", type=float, default=None,
+                 help="early-stop margin: ace, on the target's probability lead; acre, stop at "
+                      "|f - target| <= tolerance - margin (default 0)")
   p.add_argument("--mask-dilation", type=int, default=None)
   p.add_argument("--chain-mode", choices=("unrolled", "rolled"), default=None)
   p.add_argument("--num-slots", type=int, default=16)
@@ -59,7 +62,8 @@ def parse_options(items) -> dict:
 
 def run(args) -> int:
   from cfjax.engine.job import explain_dataset
-  opts = {k: getattr(args, k) for k in ("dist", "lam", "optimizer", "tolerance", "mask_dilation", "chain_mode")
+  opts = {k: getattr(args, k) for k in ("dist", "lam", "optimizer", "tolerance", "margin", "mask_dilation",
+                                    "chain_mode")
           if getattr(args, k) is not None}
   if args.early_stop:
     opts["early_stop"] = True

@@ -155,6 +155,8 @@ def diffusion_counterfactual(*, predictor, diffusion, schedule: Schedule, task: 
     raise CfjaxInputError(f"iterations must be >= 1, got {iterations}")
   if mask_dilation < 1 or mask_dilation % 2 == 0:
     raise CfjaxInputError(f"mask_dilation must be a positive odd number, got {mask_dilation}")
+  if task == "regression" and not 0.0 <= margin < tolerance:
+    raise CfjaxInputError(f"margin={margin} must be in [0, tolerance={tolerance}) for regression")
   if lam is None:
     lam = {"l1": 0.001, "l2": 0.1}[dist]
   f_apply, f_params = _unpack(predictor, "predictor")
@@ -169,10 +171,11 @@ def diffusion_counterfactual(*, predictor, diffusion, schedule: Schedule, task: 
   params = {"predictor": f_params, "unet": u_params, "schedule": schedule}
 
   def criterion(pred, target, margin=margin):
-    # Early stopping may ask for a margin; success of the final CE is the decision itself.
+    # Early stopping may ask for a margin; success of the final CE is the decision itself
+    # (classification) or |f - target| <= tolerance (regression).
     if classification:
       return obj.class_margin(pred, target) > margin
-    return jnp.abs(pred - target) <= tolerance
+    return jnp.abs(pred - target) <= tolerance - margin
 
   def noises(key, shape):
     kq, ks = jax.random.split(key)
@@ -276,7 +279,7 @@ def ace(*, predictor, diffusion, schedule: Schedule, tau: int = 5, iterations: i
 @register_method("acre")
 def acre(*, predictor, diffusion, schedule: Schedule, tau: int = 5, iterations: int = 200,
          step_size: float = 1 / 255, optimizer="sign", dist: str = "l1", lam: float | None = None,
-         tolerance: float = 0.05, early_stop: bool = True, mask_dilation: int = 5,
+         tolerance: float = 0.05, early_stop: bool = True, margin: float = 0.0, mask_dilation: int = 5,
          mask_threshold: float = 0.15, chain_mode: str = "unrolled") -> Method:
   """AC-RE for regressors: MSE to a target value, per-image early stop at ``|f - target| <= tolerance``.
 
@@ -285,9 +288,13 @@ def acre(*, predictor, diffusion, schedule: Schedule, tau: int = 5, iterations: 
   ``lam = 0.001`` per pixel): with sign-PGD it is what keeps pixels whose loss gradient is weaker
   than ``lam`` oscillating around the original, so the refinement mask stays on what matters
   (with ``lam = 0`` every pixel drifts and the mask covers the whole image).
+
+  ``margin`` tightens the early stop to ``|f - target| <= tolerance - margin`` (success stays
+  ``<= tolerance``): the stop is judged on one noisy filter sample, and the refinement draws new
+  noise, so a margin makes the refined CE more likely to keep the target.
   """
   return diffusion_counterfactual(
       predictor=predictor, diffusion=diffusion, schedule=schedule, task="regression", tau=tau,
       iterations=iterations, step_size=step_size, optimizer=optimizer, dist=dist, lam=lam,
-      early_stop=early_stop, tolerance=tolerance, mask_dilation=mask_dilation,
+      early_stop=early_stop, margin=margin, tolerance=tolerance, mask_dilation=mask_dilation,
       mask_threshold=mask_threshold, chain_mode=chain_mode, name="acre")
