@@ -173,7 +173,7 @@ def compare_batching(name: str, m, x, t, slots: int) -> dict:
     load = mon.stop()
     its = np.concatenate([g["iterations"] for g in got])
     succ = np.concatenate([g["success"] for g in got])
-    # Every on_result call is one refinement (result program) over all slots.
+    # Every on_result call is one refinement (result program) over a full result buffer (or the tail).
     out[mode] = {"seconds": sec, "ce_per_s": len(x) / sec, "flip_rate": float(succ.mean()),
                  "mean_iterations": float(its.mean()), "max_iterations_seen": int(its.max()),
                  "result_calls": len(got), "other_cores_used_mean": load["mean_other_cores_used"],
