@@ -71,3 +71,16 @@ def test_explain_refuses_a_non_diffusion_checkpoint(tmp_path, capsys):
           "--out", str(tmp_path / "o"), "--quiet"]
   assert main(argv) == 2
   assert "does not match: arch" in capsys.readouterr().err
+
+
+def test_demo_runs_and_writes_its_summary(tmp_path, capsys):
+  """README command (a)'s `cfjax demo`, on 2 images and 2 iterations."""
+  out = tmp_path / "demo"
+  assert main(["demo", "--out", str(out), "--num-images", "2", "--iterations", "2", "--quiet"]) == 0
+  rows = json.loads((out / "demo.json").read_text())
+  assert set(rows) == {"squares_regressor_rho0", "squares_regressor_rho1"}
+  for r in rows.values():
+    assert 0.0 <= r["success_rate"] <= 1.0 and 0 < r["mean_iterations"] <= 2
+    assert r["mean_change_inside_square"] > 0
+    assert (out / "squares_regressor_rho0" / "grid.png").exists()
+  assert "summary:" in capsys.readouterr().out
