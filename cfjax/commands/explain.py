@@ -62,9 +62,8 @@ def parse_options(items) -> dict:
 
 def run(args) -> int:
   from cfjax.engine.job import explain_dataset
-  opts = {k: getattr(args, k) for k in ("dist", "lam", "optimizer", "tolerance", "margin", "mask_dilation",
-                                    "chain_mode")
-          if getattr(args, k) is not None}
+  names = ("dist", "lam", "optimizer", "tolerance", "margin", "mask_dilation", "chain_mode")
+  opts = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
   if args.early_stop:
     opts["early_stop"] = True
   target = args.target or ("mirror" if args.method == "acre" else "flip")

@@ -35,6 +35,10 @@ from cfjax._validate import CfjaxInputError, check_images
 from cfjax.methods.base import Method
 
 
+def _round_up(n: int, multiple: int) -> int:
+  return max(multiple, -(-n // multiple) * multiple)
+
+
 def _where(mask, new, old):
   def sel(a, b):
     m = mask.reshape(mask.shape + (1,) * (a.ndim - 1))
@@ -64,8 +68,8 @@ class Engine:
       raise CfjaxInputError(f"result_slots must be >= 1, got {result_slots}")
     devices = list(devices or jax.local_devices())
     n = len(devices)
-    self.num_slots = max(n, -(-num_slots // n) * n)
-    self.result_slots = max(n, -(-(result_slots or self.num_slots) // n) * n)
+    self.num_slots = _round_up(num_slots, n)
+    self.result_slots = _round_up(result_slots or self.num_slots, n)
     self.method = method
     self.steps_per_call = steps_per_call
     self.mesh = Mesh(np.array(devices), ("slots",))
@@ -174,7 +178,6 @@ class Engine:
     counts = {"calls": 0, "done": 0, "steps": 0, "result_calls": 0}
 
     def flush():
-      nonlocal buffer
       res = jax.device_get(self._result(p, buffer))
       rows = np.nonzero(buf_id >= 0)[0]
       out = {k: np.asarray(v)[rows] for k, v in res.items()}
