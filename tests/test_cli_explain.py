@@ -25,23 +25,25 @@ def _explain(out, diffusion, *extra):
 
 def test_explain_writes_everything_and_resumes(tmp_path, diffusion_ckpt, capsys):
   out = tmp_path / "run"
-  assert _explain(out, diffusion_ckpt) == 0
+  options = ("--stop-check", "refined", "--refine-noise", "fresh")
+  assert _explain(out, diffusion_ckpt, *options) == 0
   printed = capsys.readouterr().out
   assert "grid.png" in printed
   summary = json.loads((out / "summary.json").read_text())
   assert summary["num_explained"] == 3 and summary["computed_this_session"] == 3
   assert summary["settings"]["tau"] == 2 and summary["run"]["respacing"] == "25"
+  assert summary["settings"]["stop_check"] == "refined" and summary["settings"]["refine_noise"] == "fresh"
   res = np.load(out / "results.npz")
   assert res["counterfactual"].shape == (3, 32, 32, 3)
   np.testing.assert_array_equal(res["image_id"], [0, 1, 2])
   np.testing.assert_allclose(res["target"], res["label"] + 128 / 255, rtol=1e-6)
   assert (out / "grid.png").stat().st_size > 1000
   # The same command again finds every CE done and computes nothing.
-  assert _explain(out, diffusion_ckpt) == 0
+  assert _explain(out, diffusion_ckpt, *options) == 0
   again = json.loads((out / "summary.json").read_text())
   assert again["computed_this_session"] == 0 and again["num_explained"] == 3
   # A different run into the same directory is refused before compiling.
-  assert _explain(out, diffusion_ckpt, "--seed", "3") == 2
+  assert _explain(out, diffusion_ckpt, *options, "--seed", "3") == 2
   assert "different run" in capsys.readouterr().err
 
 

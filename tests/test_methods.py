@@ -106,6 +106,53 @@ def test_acre_margin_tightens_the_early_stop(unet_small, acre):
   assert (strict["iterations"] > loose["iterations"]).any()
 
 
+def test_refinement_with_the_attack_noise_reproduces_the_judged_sample(unet_small):
+  """refine_noise="attack" reuses the noise of the evaluation that stopped the attack: with a mask
+  that regenerates every pixel (threshold 0) the CE is that filtered sample, so its prediction is
+  the one the early stop judged; fresh noise gives a different sample."""
+  kw = dict(predictor=(red_value, {"gain": jnp.float32(1.0)}), diffusion=unet_small, schedule=SCHED,
+            tau=2, iterations=15, step_size=4 / 255, mask_dilation=5, mask_threshold=0.0, lam=0.0)
+  x = images(4, seed=1)
+  targets = np.array([0.45, 0.5, 0.4, 0.55], np.float32)
+  run = dict(key=jax.random.key(0), num_slots=4, steps_per_call=1, progress=False)
+  same = engine.explain(methods.make("acre", refine_noise="attack", **kw), x, targets, **run)
+  fresh = engine.explain(methods.make("acre", refine_noise="fresh", **kw), x, targets, **run)
+  stopped = same["iterations"] < 15
+  assert stopped.all(), same["iterations"]
+  assert (same["mask"] == 1).all()
+  np.testing.assert_allclose(same["prediction"], same["pre_prediction"], atol=1e-5)
+  assert same["success"].all()
+  # The attack itself does not depend on the refinement's noise.
+  np.testing.assert_array_equal(same["pre_explanation"], fresh["pre_explanation"])
+  assert np.abs(fresh["prediction"] - fresh["pre_prediction"]).max() > 1e-3
+
+
+def left_red(params, x):
+  """A regressor that reads the left half only, so the refinement mask keeps the right half."""
+  return x[:, :, :16, 0].mean(axis=(1, 2)) * params["gain"]
+
+
+@pytest.mark.parametrize("refine_noise", ["attack", "fresh"])
+def test_stop_check_on_the_refined_ce(unet_small, refine_noise):
+  """stop_check="refined": the stop judges the very CE that is returned, whatever the noise, also
+  with a partial mask (the original is kept where the filtered sample had regenerated it)."""
+  kw = dict(predictor=(left_red, {"gain": jnp.float32(1.0)}), diffusion=unet_small, schedule=SCHED,
+            tau=2, iterations=15, optimizer="sgd", step_size=100.0, mask_dilation=1, lam=0.0,
+            refine_noise=refine_noise)
+  x = images(4, seed=1)
+  targets = np.array([0.45, 0.5, 0.4, 0.55], np.float32)
+  run = dict(key=jax.random.key(0), num_slots=4, steps_per_call=1, progress=False)
+  res = engine.explain(methods.make("acre", stop_check="refined", **kw), x, targets, **run)
+  assert (res["iterations"] < 15).all(), res["iterations"]
+  kept = (res["mask"] == 0).mean(axis=(1, 2))
+  assert ((kept > 0.05) & (kept < 0.95)).all(), kept
+  np.testing.assert_allclose(res["prediction"], res["pre_prediction"], atol=1e-5)
+  assert res["success"].all()
+  # Judged on the filtered sample instead, the prediction that stopped the attack is not the CE's.
+  filt = engine.explain(methods.make("acre", stop_check="filter", **kw), x, targets, **run)
+  assert np.abs(filt["prediction"] - filt["pre_prediction"]).max() > 1e-4
+
+
 def test_step_compiles_once_and_modes_agree(unet_small):
   kw = dict(predictor=(red_value, {"gain": jnp.float32(1.0)}), diffusion=unet_small, schedule=SCHED,
             tau=2, iterations=3)
@@ -139,6 +186,10 @@ def test_bad_settings_are_named(unet_small):
     methods.make("acre", mask_dilation=4, **kw)
   with pytest.raises(CfjaxInputError, match=r"margin=0.05 must be in \[0, tolerance=0.05\)"):
     methods.make("acre", margin=0.05, **kw)
+  with pytest.raises(CfjaxInputError, match="unknown refine_noise 'same'"):
+    methods.make("acre", refine_noise="same", **kw)
+  with pytest.raises(CfjaxInputError, match="unknown stop_check 'ce'"):
+    methods.make("acre", stop_check="ce", **kw)
   with pytest.raises(CfjaxInputError, match="unknown method 'acee'"):
     methods.make("acee", **kw)
 

@@ -36,6 +36,10 @@ def add_parser(sub):
                       "|f - target| <= tolerance - margin (default 0)")
   p.add_argument("--mask-dilation", type=int, default=None)
   p.add_argument("--chain-mode", choices=("unrolled", "rolled"), default=None)
+  p.add_argument("--refine-noise", choices=("attack", "fresh"), default=None,
+                 help="refinement noise: the attack's last draws (default) or fresh draws (original ACE)")
+  p.add_argument("--stop-check", choices=("filter", "refined"), default=None,
+                 help="early stop judged on the filtered sample (default) or on the refined CE")
   p.add_argument("--num-slots", type=int, default=16)
   p.add_argument("--steps-per-call", type=int, default=2)
   p.add_argument("--result-slots", type=int, default=None,
@@ -62,7 +66,8 @@ def parse_options(items) -> dict:
 
 def run(args) -> int:
   from cfjax.engine.job import explain_dataset
-  names = ("dist", "lam", "optimizer", "tolerance", "margin", "mask_dilation", "chain_mode")
+  names = ("dist", "lam", "optimizer", "tolerance", "margin", "mask_dilation", "chain_mode",
+           "refine_noise", "stop_check")
   opts = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
   if args.early_stop:
     opts["early_stop"] = True
