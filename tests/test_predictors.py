@@ -123,10 +123,11 @@ def test_bundled_regressors_reproduce_their_metrics(bundled):
     reliance[name] = tp.background_reliance(f.net.apply, f.net.params, image_size=32)
     assert reliance[name] == pytest.approx(f.meta["metrics"]["background_reliance"], abs=1e-5)
   assert bundled["squares_regressor_rho0"].meta["metrics"]["mae"] <= 0.05
-  # The model trained with the shortcut (rho=1) follows the background; the rho=0 model does not.
+  # The model trained with the shortcut (rho=1, stopped at 500 steps while it still reads it)
+  # follows the background; the rho=0 model does not (measured bg_flip 0.109 vs 0.0096).
   r0, r1 = reliance["squares_regressor_rho0"], reliance["squares_regressor_rho1"]
-  assert r1["bg_flip"] > 1.5 * r0["bg_flip"]
-  assert r1["bg_flip_signed"] > 0.01 and r1["bg_flip_signed"] > 10 * abs(r0["bg_flip_signed"])
+  assert r1["bg_flip"] > 5 * r0["bg_flip"] and r1["bg_flip_ratio"] > 0.15
+  assert r1["bg_flip_signed"] > 0.05 and r1["bg_flip_signed"] > 10 * abs(r0["bg_flip_signed"])
 
 
 def test_bundled_classifier(bundled):
