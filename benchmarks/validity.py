@@ -9,7 +9,8 @@ success rate, iterations, mean |change| inside the square's interior vs in the b
 ACE on the shapes testbed (flip the bundled classifier's decision) with the bundled shapes DDPM.
 
 Usage:
-  python benchmarks/validity.py [--every 5] [--shapes 32] [--out benchmarks/results/validity.json]
+  python benchmarks/validity.py [--every 5] [--shapes 32] [--stop-check refined] [--margin 0.02]
+      [--lam 0.003] [--refine-noise attack|fresh] [--out benchmarks/results/validity.json]
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ def main(argv=None) -> dict:
   p.add_argument("--squares-ddpm", default="squares_ddpm", help="bundled name or checkpoint path")
   p.add_argument("--shapes-ddpm", default="shapes_ddpm", help="bundled name or checkpoint path")
   p.add_argument("--shapes-tau", type=int, default=5)
+  p.add_argument("--stop-check", default="filter", help="acre: early stop on the filter or the refined CE")
+  p.add_argument("--margin", type=float, default=0.0, help="acre: early-stop margin")
+  p.add_argument("--lam", type=float, default=None, help="acre: l1 weight (default: the method's, 0.001)")
+  p.add_argument("--refine-noise", default="attack", help="attack (cfjax default) or fresh (original)")
   args = p.parse_args(argv)
 
   import numpy as np
@@ -76,16 +81,23 @@ def main(argv=None) -> dict:
   report = {"squares_ddpm": str(args.squares_ddpm), "shapes_ddpm": str(args.shapes_ddpm),
             "shapes_tau": args.shapes_tau,
             "setting": "acre: 1000 steps re-spaced to 50, tau 5, step 2/255, <= 100 iterations, "
-                       "tolerance 0.05, mask dilation 5, threshold 0.15, target mirror (+128/255)"}
+                       "tolerance 0.05, mask dilation 5, threshold 0.15, target mirror (+128/255)",
+            "stop_check": args.stop_check, "margin": args.margin, "refine_noise": args.refine_noise,
+            "lam": args.lam}
   for name in args.models:
     t0 = time.time()
     s = explain_dataset(method="acre", dataset="squares_grid_lower", predictor=name,
                         diffusion=args.squares_ddpm, out_dir=Path(args.work) / name, target="mirror",
                         respacing="50", tau=5, iterations=100, step_size=2 / 255,
-                        method_options={"mask_dilation": 5, "tolerance": 0.05}, subset=subset,
+                        method_options={"mask_dilation": 5, "tolerance": 0.05, "margin": args.margin,
+                                        "stop_check": args.stop_check, "refine_noise": args.refine_noise,
+                                        **({} if args.lam is None else {"lam": args.lam})},
+                        subset=subset,
                         num_slots=16, steps_per_call=2)
     res = dict(np.load(Path(args.work) / name / "results.npz"))
-    report[name] = {**squares_report(res, lower, upper), "seconds": round(time.time() - t0, 1),
+    pre_reached = np.abs(res["pre_prediction"] - res["target"]) <= 0.05
+    report[name] = {**squares_report(res, lower, upper), "pre_reached": float(pre_reached.mean()),
+                    "seconds": round(time.time() - t0, 1),
                     "ce_per_s": s["ce_per_s_this_session"], "figure": s["figure"]}
     print(name, json.dumps(report[name], indent=1))
   if args.shapes:
@@ -94,9 +106,12 @@ def main(argv=None) -> dict:
                         diffusion=args.shapes_ddpm, out_dir=Path(args.work) / "ace_shapes",
                         target="flip", limit=args.shapes, respacing="50", tau=args.shapes_tau,
                         iterations=50,
-                        step_size=2 / 255, method_options={"early_stop": True, "mask_dilation": 5},
+                        step_size=2 / 255, method_options={"early_stop": True, "mask_dilation": 5,
+                                                           "refine_noise": args.refine_noise},
                         num_slots=16, steps_per_call=2)
+    res = dict(np.load(Path(args.work) / "ace_shapes" / "results.npz"))
     report["ace_shapes"] = {"num_images": s["num_explained"], "flip_rate": s["success_rate"],
+                            "mean_mask_fraction": float(res["mask"].mean()),
                             "mean_iterations": s["mean_iterations"], "seconds": round(time.time() - t0, 1),
                             "figure": s["figure"]}
     print("ace_shapes", json.dumps(report["ace_shapes"], indent=1))

@@ -35,8 +35,10 @@ def _acre(name, squares_ddpm, grids):
   unet, meta = squares_ddpm
   f = nets.load_predictor(name)
   sched = make_schedule(meta["diffusion"]["steps"], meta["diffusion"]["schedule"], "50")
+  # AC-RE's squares setting, with the early stop judging the refined CE and the l1 weight 0.003
+  # (the default 0.001 lets the background drift in short attacks: see benchmarks/validity.py).
   m = methods.make("acre", predictor=f.net, diffusion=unet, schedule=sched, tau=5, iterations=100,
-                   step_size=2 / 255, mask_dilation=5)
+                   step_size=2 / 255, mask_dilation=5, stop_check="refined", lam=0.003)
   lower, upper = grids
   x = lower["image"][IDS]
   p0 = np.asarray(f(x))
@@ -54,42 +56,52 @@ def acre_rho0(squares_ddpm, grids):
   return _acre("squares_regressor_rho0", squares_ddpm, grids)
 
 
-def test_acre_moves_predictions_to_the_mirror_target(acre_rho0):
-  """The optimisation reaches the target on the filtered image for every image; the refined CE
-  keeps only part of it with the bundled DDPM, whose filter shifts the interior colour by 11/255
-  on average (0.045 in label units, close to the 0.05 tolerance). Measured with the 7000-step
-  model on these 8 images: 8 of 8 pre-explanations and 4 of 8 CEs within 0.05, mean CE error
-  0.10 from 0.50 (on 32 grid images: 31%, or 50% with ``margin=0.03``); the issue's >= 90% is
-  not met, see the note."""
-  assert acre_rho0["pre_reached"] >= 0.9, acre_rho0
-  assert acre_rho0["mean_prediction_error"] < 0.5 * acre_rho0["original_error"], acre_rho0
+def test_acre_reaches_the_mirror_target(acre_rho0):
+  """The issue's bar: >= 90% of the refined CEs within 0.05 of the target (with the original's
+  fresh refinement noise about a third reach it, see cfjax.methods.ace's module docstring;
+  benchmarks/validity.py has the 32-image figures)."""
+  assert acre_rho0["success_rate"] >= 0.9, acre_rho0
+  assert acre_rho0["mean_prediction_error"] < 0.05, acre_rho0
 
 
 def test_acre_change_is_concentrated_in_the_square(acre_rho0):
-  # Per pixel, the interior (16 of 1024 pixels) changes more than the background (measured 2.1x).
-  assert acre_rho0["inside_over_background"] > 1.5, acre_rho0
-  # The CE moves towards its ideal counterfactual (the upper twin) inside the square.
-  assert acre_rho0["interior_red_distance_to_ideal_255"] < acre_rho0["interior_red_original_to_ideal_255"]
+  # Per pixel, the interior (16 of 1024 pixels) changes far more than the background (measured
+  # 43.5 vs 1.0 /255 on 16 grid images), and the CE lands near its ideal counterfactual (the upper
+  # twin): interior red 30 /255 away instead of the original's 124.
+  assert acre_rho0["inside_over_background"] > 10, acre_rho0
+  assert acre_rho0["interior_red_distance_to_ideal_255"] < 0.5 * acre_rho0["interior_red_original_to_ideal_255"]
+
+
+@pytest.fixture(scope="module")
+def acre_rho1(squares_ddpm, grids):
+  return _acre("squares_regressor_rho1", squares_ddpm, grids)
+
+
+def test_acre_exposes_the_background_shortcut(acre_rho0, acre_rho1):
+  """The regressor that reads the background (rho = 1) gets CEs that change the background (measured
+  on 16 grid images: 15.9 /255 per pixel against 1.0 for rho = 0; inside/background 1.6 vs 42) and
+  move the interior colour less towards the ideal: part of the target is reached through the
+  background."""
+  assert acre_rho1["success_rate"] >= 0.75, acre_rho1
+  assert acre_rho1["mean_change_background_255"] > 5 * acre_rho0["mean_change_background_255"]
+  assert acre_rho1["inside_over_background"] < 0.25 * acre_rho0["inside_over_background"]
+  assert acre_rho1["interior_red_distance_to_ideal_255"] > acre_rho0["interior_red_distance_to_ideal_255"]
 
 
 def test_ace_flips_the_shapes_classifier():
-  """ACE at tau = 5 of 50 (measured with the 4250-step shapes DDPM: 5 of these 8 flip, 7 of 16 on
-  a larger sample; 2 of 8 with the earlier 1200-step model).
-
-  The pre-explanations flip their filtered image, but the attack stops near the decision
-  boundary and the refinement's fresh noise (with masks covering most of the image) lands on
-  either side. The issue's target (>= 95%) is not met; this test guards the majority.
-  """
+  """ACE at tau = 5 of 50 with early stop flips every decision of these 8 (16 of 16 on a larger
+  sample; the issue asks >= 95%). The refinement reuses the noise of the sample that flipped."""
   unet, meta = load_diffusion("shapes_ddpm")
   f = nets.load_predictor("shapes_classifier")
   sched = make_schedule(meta["diffusion"]["steps"], meta["diffusion"]["schedule"], "50")
   m = methods.make("ace", predictor=f.net, diffusion=unet, schedule=sched, tau=5, iterations=40,
-                   step_size=2 / 255, mask_dilation=5)
+                   step_size=2 / 255, mask_dilation=5, early_stop=True)
   batch = next(iter(data.load("shapes", split="test", batch_size=8, shuffle=False, image_size=32)))
   t = methods.make_targets("flip", task="classification", predictions=f(batch["image"]))[:, 0]
   res = engine.explain(m, batch["image"], t, key=jax.random.key(0), num_slots=8, steps_per_call=2,
                        progress=False)
-  assert res["success"].mean() >= 0.5, (res["prediction"], res["iterations"])
+  assert res["success"].mean() >= 0.95, (res["prediction"], res["iterations"])
+  assert (res["iterations"] < 40).all(), res["iterations"]
 
 
 def test_ddim_round_trip_on_the_trained_model(squares_ddpm, grids):

@@ -2,11 +2,12 @@
 
 Explains 16 images of the squares "lower" validation grid towards their "mirror" target
 (inner colour + 128/255) with two bundled regressors: one trained without the spurious
-background correlation (rho = 0) and one trained with it (rho = 1), and prints how much each
-one's counterfactuals change inside and outside the square. A regressor that relied on the
-background would have its background changed more; the bundled rho = 1 regressor relies on it
-only weakly (the testbed copies the colour into half of the background), and its counterfactuals
-change the background less than the rho = 0 one's.
+background correlation (rho = 0) and one trained with it (rho = 1, a shortcut learner: flipping
+only its background half moves its prediction by 0.11, against 0.01 for rho = 0), and prints how
+much each one's counterfactuals change inside and outside the square. The rho = 0 regressor's
+CEs change the square's interior; the rho = 1 regressor's change the background about as much
+as the interior: the counterfactuals expose the shortcut. The early stop judges the refined CE
+(``stop_check="refined"``), so every CE that stopped meets the target, and the l1 weight is 0.003.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ def run(args) -> int:
     s = explain_dataset(
         method="acre", dataset="squares_grid_lower", predictor=name, diffusion="squares_ddpm",
         out_dir=out / name, target="mirror", respacing="50", tau=5, iterations=args.iterations,
-        step_size=2 / 255, method_options={"mask_dilation": 5, "tolerance": 0.05},
+        step_size=2 / 255,
+        # The early stop judges the refined CE; l1 weight 0.003 keeps the background in place
+        # (see benchmarks/validity.py for both choices measured).
+        method_options={"mask_dilation": 5, "tolerance": 0.05, "stop_check": "refined", "lam": 0.003},
         subset=ids, num_slots=16, steps_per_call=2, progress=not args.quiet)
     res = np.load(out / name / "results.npz")
     m = np.asarray(_interior_masks(res["image_id"]), bool)
