@@ -42,7 +42,7 @@ def run(args) -> int:
         # The early stop judges the refined CE; l1 weight 0.003 keeps the background in place
         # (see benchmarks/validity.py for both choices measured).
         method_options={"mask_dilation": 5, "tolerance": 0.05, "stop_check": "refined", "lam": 0.003},
-        subset=ids, num_slots=16, steps_per_call=2, progress=not args.quiet)
+        subset=ids, num_slots=8, steps_per_call=2, progress=not args.quiet)
     res = np.load(out / name / "results.npz")
     m = np.asarray(_interior_masks(res["image_id"]), bool)
     change = np.abs(res["counterfactual"] - res["original"]).sum(-1)
