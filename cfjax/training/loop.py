@@ -141,7 +141,10 @@ class TrainCheckpoints:
     self.directory = Path(directory).absolute()
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=False)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    # Naming the item's handler lets a fresh manager read an existing step's metadata (otherwise
+    # orbax warns that item "default" could not be restored before the first restore call).
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_handlers=ocp.StandardCheckpointHandler())
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
