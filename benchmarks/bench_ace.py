@@ -154,35 +154,40 @@ def large(st: dict, peak: dict) -> list[dict]:
   return rows
 
 
+def timed_run(eng, x, t, chunk: int | None = None) -> dict:
+  """One continuous ``Engine.run`` over all images (``chunk=None``) or one run per chunk of
+  ``chunk`` images (fixed batches): seconds, flip rate, iterations, refinements, machine load."""
+  from cfjax.engine import iterate_examples
+  got: list[dict] = []
+  mon = common.LoadMonitor(every_s=10.0).start()
+  t0 = time.perf_counter()
+  for a in range(0, len(x), chunk or len(x)):
+    ids = np.arange(a, min(a + (chunk or len(x)), len(x)))
+    eng.run(iterate_examples(x[ids], t[ids], ids), key=KEY, on_result=got.append, progress=False)
+  sec = time.perf_counter() - t0
+  load = mon.stop()
+  its = np.concatenate([g["iterations"] for g in got])
+  succ = np.concatenate([g["success"] for g in got])
+  # Every on_result call is one refinement (result program) over a full result buffer (or the tail).
+  return {"seconds": sec, "ce_per_s": len(x) / sec, "flip_rate": float(succ.mean()),
+          "mean_iterations": float(its.mean()), "max_iterations_seen": int(its.max()),
+          "result_calls": len(got), "mean_mask_fraction": float(np.concatenate([g["mask"] for g in got]).mean()),
+          "other_cores_used_mean": load["mean_other_cores_used"],
+          "other_cores_used_max": load["max_other_cores_used"]}
+
+
 def compare_batching(name: str, m, x, t, slots: int) -> dict:
   """Continuous batching vs fixed chunks of ``slots`` images, on one engine (same programs)."""
-  from cfjax.engine import Engine, iterate_examples
+  from cfjax.engine import Engine
   eng = Engine(m, num_slots=slots, steps_per_call=1)
   ph = common.engine_phases(eng, x[:slots], t[:slots], KEY, calls=1)
   out = {"method": m.name, "case": name, "images": len(x), "slots": eng.num_slots, "settings": m.settings,
          "devices": len(jax.devices()), "max_iterations": m.max_steps, "compile_s": ph["compile_s"],
          "seconds_per_iteration": ph["seconds_per_iteration"]}
   for mode in ("continuous", "fixed"):
-    got: list[dict] = []
-    mon = common.LoadMonitor(every_s=10.0).start()
-    t0 = time.perf_counter()
-    if mode == "continuous":
-      eng.run(iterate_examples(x, t), key=KEY, on_result=got.append, progress=False)
-    else:
-      for a in range(0, len(x), slots):
-        ids = np.arange(a, min(a + slots, len(x)))
-        eng.run(iterate_examples(x[ids], t[ids], ids), key=KEY, on_result=got.append, progress=False)
-    sec = time.perf_counter() - t0
-    load = mon.stop()
-    its = np.concatenate([g["iterations"] for g in got])
-    succ = np.concatenate([g["success"] for g in got])
-    # Every on_result call is one refinement (result program) over a full result buffer (or the tail).
-    out[mode] = {"seconds": sec, "ce_per_s": len(x) / sec, "flip_rate": float(succ.mean()),
-                 "mean_iterations": float(its.mean()), "max_iterations_seen": int(its.max()),
-                 "result_calls": len(got), "other_cores_used_mean": load["mean_other_cores_used"],
-                 "other_cores_used_max": load["max_other_cores_used"]}
-    common.log(f"  {name} {mode:10s}: {len(x) / sec:.3f} CE/s, flip {succ.mean():.2f}, "
-               f"mean iters {its.mean():.1f}, other processes {load['mean_other_cores_used']:.2f} cores")
+    r = out[mode] = timed_run(eng, x, t, chunk=slots if mode == "fixed" else None)
+    common.log(f"  {name} {mode:10s}: {r['ce_per_s']:.3f} CE/s, flip {r['flip_rate']:.2f}, "
+               f"mean iters {r['mean_iterations']:.1f}, other processes {r['other_cores_used_mean']:.2f} cores")
   out["speedup_continuous_vs_fixed"] = out["continuous"]["ce_per_s"] / out["fixed"]["ce_per_s"]
   return out
 
@@ -223,7 +228,7 @@ def trained_ace(st: dict, args, predictor, x, t, slots: int) -> dict:
   reported next to it."""
   from cfjax import methods
   from cfjax.diffusion import make_schedule
-  from cfjax.engine import Engine, iterate_examples
+  from cfjax.engine import Engine
   from cfjax.engine.job import load_diffusion
   ddpm, meta = load_diffusion(args.ace_diffusion)
   sched = make_schedule(int(meta["diffusion"]["steps"]), meta["diffusion"].get("schedule", "linear"), "50")
@@ -235,20 +240,10 @@ def trained_ace(st: dict, args, predictor, x, t, slots: int) -> dict:
                      iterations=st["ace_es_iters"], step_size=2 / 255, mask_dilation=5, early_stop=early)
     eng = Engine(m, num_slots=slots, steps_per_call=1)
     ph = common.engine_phases(eng, x[:slots], t[:slots], KEY, calls=1)  # compiles (not timed below)
-    got: list[dict] = []
-    mon = common.LoadMonitor(every_s=10.0).start()
-    sec = eng.run(iterate_examples(x, t), key=KEY, on_result=got.append, progress=False)["seconds"]
-    load = mon.stop()
-    its = np.concatenate([g["iterations"] for g in got])
-    succ = np.concatenate([g["success"] for g in got])
-    out[mode] = {"settings": m.settings, "compile_s": ph["compile_s"],
-                 "seconds_per_iteration": ph["seconds_per_iteration"], "seconds": sec,
-                 "ce_per_s": len(x) / sec,
-                 "flip_rate": float(succ.mean()), "mean_iterations": float(its.mean()),
-                 "mean_mask_fraction": float(np.concatenate([g["mask"] for g in got]).mean()),
-                 "other_cores_used_mean": load["mean_other_cores_used"]}
-    common.log(f"  ace_shapes_trained {mode}: {len(x) / sec:.3f} CE/s, flip {succ.mean():.2f}, "
-               f"mean iters {its.mean():.1f}")
+    r = out[mode] = {"settings": m.settings, "compile_s": ph["compile_s"],
+                     "seconds_per_iteration": ph["seconds_per_iteration"], **timed_run(eng, x, t)}
+    common.log(f"  ace_shapes_trained {mode}: {r['ce_per_s']:.3f} CE/s, flip {r['flip_rate']:.2f}, "
+               f"mean iters {r['mean_iterations']:.1f}")
   out["ratio_early_stop_vs_fixed_work"] = (out["early_stop_continuous"]["ce_per_s"]
                                            / out["fixed_work"]["ce_per_s"])
   return out
@@ -390,7 +385,6 @@ def plot(res: dict, path: Path) -> None:
   if mem:
     memory_panel(axes[("memory", 0)], mem)
   load = res["load_during"]
-
   fig.suptitle(f"cfjax ACE engine on {res['machine']['cpu_count']} CPU cores ({'quick' if res['quick'] else 'full'}); "
                f"other processes used {load['mean_other_cores_used']:.2f} cores on average "
                f"(max {load['max_other_cores_used']:.2f}; DDPM trainings running: up to {load['max_ddpm_trainings']})"

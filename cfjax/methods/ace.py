@@ -269,8 +269,7 @@ def diffusion_counterfactual(*, predictor, diffusion, schedule: Schedule, task: 
                   lam=lam, early_stop=early_stop, margin=margin, tolerance=tolerance,
                   mask_dilation=mask_dilation, mask_threshold=mask_threshold,
                   chain_mode=chain_mode, refine_noise=refine_noise, stop_check=stop_check,
-                  schedule_steps=n_steps,
-                  variance=variance)
+                  schedule_steps=n_steps, variance=variance)
   return Method(init=init, step=step, done=done, result=result, params=params,
                 max_steps=iterations, name=name, settings=settings,
                 target_kind="class" if classification else "value")
