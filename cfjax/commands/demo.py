@@ -5,8 +5,9 @@ Explains 16 images of the squares "lower" validation grid towards their "mirror"
 background correlation (rho = 0) and one trained with it (rho = 1, a shortcut learner: flipping
 only its background half moves its prediction by 0.11, against 0.01 for rho = 0), and prints how
 much each one's counterfactuals change inside and outside the square. The rho = 0 regressor's
-CEs change the square's interior; the rho = 1 regressor's change the background about as much
-as the interior: the counterfactuals expose the shortcut. The early stop judges the refined CE
+CEs change the square's interior (per pixel about 40x more than the background); the rho = 1
+regressor's change the background too (only 1.5-4x less than the interior, measured on 32 and 16
+grid images): the counterfactuals expose the shortcut. The early stop judges the refined CE
 (``stop_check="refined"``), so every CE that stopped meets the target, and the l1 weight is 0.003.
 """
 
