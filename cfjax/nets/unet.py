@@ -47,14 +47,65 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: int = 10000) -> jax.A
   return emb
 
 
+def group_norm(x, scale, bias, *, num_groups: int = 32, eps: float = 1e-5, emb_scale=None,
+               emb_shift=None):
+  """GroupNorm of NHWC ``x`` with a per-channel affine map, optionally followed by ``* (1 + s) + t``.
+
+  The same function as ``torch.nn.GroupNorm`` (biased two-pass variance), arranged for speed: the
+  statistics come from per-channel sums over the pixels (reductions that keep channels minor), are
+  combined per group on (N, C)-sized arrays, and the normalisation and both affine maps are folded
+  into one per-channel ``(x - mean) * a + b``. Reshaping ``x`` to (..., groups, channels per group)
+  instead, as ``nnx.GroupNorm`` does, leaves a minor dimension of 1 or 2 channels that XLA:CPU
+  vectorises poorly: the gradient of a 5-step DDPM chain through the small32 UNet ran 13% faster
+  this way (``benchmarks/README.md``, session 4).
+
+  Args:
+    x: (N, H, W, C) activations; C divisible by ``num_groups``.
+    scale, bias: (C,) affine parameters.
+    emb_scale, emb_shift: optional (N, C) scale-shift modulation (guided-diffusion's
+      ``use_scale_shift_norm``): the result is ``norm(x) * (1 + emb_scale) + emb_shift``.
+
+  Example:
+    >>> x = jnp.arange(2 * 4 * 4 * 64, dtype=jnp.float32).reshape(2, 4, 4, 64) % 7
+    >>> y = group_norm(x, jnp.ones(64), jnp.zeros(64))
+    >>> bool(jnp.allclose(y.reshape(2, 16, 32, 2).mean(axis=(1, 3)), 0.0, atol=1e-5))
+    True
+  """
+  n, h, w, c = x.shape
+  per_group = c // num_groups
+  count = h * w * per_group
+  xf = x.reshape(n, h * w, c)
+
+  def group_mean(channel_sums):  # (N, C) -> (N, C): the mean over each channel's group
+    g = channel_sums.reshape(n, num_groups, per_group).sum(-1, keepdims=True) / count
+    return jnp.broadcast_to(g, (n, num_groups, per_group)).reshape(n, c)
+
+  mean = group_mean(jnp.sum(xf, axis=1))
+  var = group_mean(jnp.sum(jnp.square(xf - mean[:, None, :]), axis=1))
+  a = jax.lax.rsqrt(var + eps) * scale
+  b = jnp.broadcast_to(bias, (n, c))
+  if emb_scale is not None:
+    a = a * (1 + emb_scale)
+    b = b * (1 + emb_scale) + emb_shift
+  return (x - mean[:, None, None, :]) * a[:, None, None, :] + b[:, None, None, :]
+
+
 class GroupNorm32(nnx.Module):
-  """GroupNorm with 32 groups and eps 1e-5, always computed in float32 (``nn.py: GroupNorm32``)."""
+  """GroupNorm with 32 groups and eps 1e-5, always computed in float32 (``nn.py: GroupNorm32``).
+
+  Parameters live in an ``nnx.GroupNorm`` (``norm.scale``, ``norm.bias``), the layout checkpoints
+  use; the computation is :func:`group_norm`.
+  """
 
   def __init__(self, channels: int, *, rngs: nnx.Rngs):
     self.norm = nnx.GroupNorm(channels, num_groups=32, epsilon=1e-5, dtype=jnp.float32, rngs=rngs)
 
-  def __call__(self, x):
-    return self.norm(x.astype(jnp.float32)).astype(x.dtype)
+  def __call__(self, x, emb_scale=None, emb_shift=None):
+    f32 = lambda a: None if a is None else a.astype(jnp.float32)
+    y = group_norm(x.astype(jnp.float32), self.norm.scale[...], self.norm.bias[...],
+                   num_groups=self.norm.num_groups, eps=self.norm.epsilon,
+                   emb_scale=f32(emb_scale), emb_shift=f32(emb_shift))
+    return y.astype(x.dtype)
 
 
 def _conv(cin, cout, k, *, stride=1, dtype, rngs, zero=False):
@@ -130,12 +181,12 @@ class ResBlock(nnx.Module):
     # is resampled the same way (README convention 13).
     h = self.in_conv(self._resample(h))
     x = self._resample(x)
-    emb_out = self.emb_linear(nnx.silu(emb)).astype(h.dtype)[:, None, None, :]
+    emb_out = self.emb_linear(nnx.silu(emb)).astype(h.dtype)
     if self.use_scale_shift_norm:
       scale, shift = jnp.split(emb_out, 2, axis=-1)  # scale is the FIRST half
-      h = self.out_norm(h) * (1 + scale) + shift
+      h = self.out_norm(h, emb_scale=scale, emb_shift=shift)
     else:
-      h = self.out_norm(h + emb_out)
+      h = self.out_norm(h + emb_out[:, None, None, :])
     h = nnx.silu(h)
     h = self.dropout(h, deterministic=rngs is None, rngs=rngs)
     h = self.out_conv(h)
@@ -174,10 +225,44 @@ class AttentionBlock(nnx.Module):
     # Heads-major (b, h, t, c) operands: XLA:CPU fused the softmax into a (b, t, h, c) contraction
     # about 5x slower (17 ms vs 3 ms for 16 x 256 tokens x 2 heads of 32 channels).
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
-    w = jnp.einsum("bhtc,bhsc->bhts", q * scale, k * scale)
-    w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(w.dtype)
-    a = jnp.swapaxes(jnp.einsum("bhts,bhsc->bhtc", w, v), 1, 2).reshape(b, hh, ww, c)
+    a = jnp.swapaxes(attention(q * scale, k * scale, v), 1, 2).reshape(b, hh, ww, c)
     return x + self.proj_out(a)
+
+
+def _attention_fwd(q, k, v):
+  w = jax.nn.softmax(jnp.einsum("bhtc,bhsc->bhts", q, k).astype(jnp.float32), axis=-1)
+  o = jnp.einsum("bhts,bhsc->bhtc", w.astype(v.dtype), v)
+  return o, (q, k, v, w, o)
+
+
+def _attention_bwd(res, do):
+  q, k, v, w, o = res
+  dv = jnp.einsum("bhts,bhtc->bhsc", w.astype(v.dtype), do)
+  dw = jnp.einsum("bhtc,bhsc->bhts", do, v).astype(jnp.float32)
+  # sum_s dw[t, s] w[t, s] = sum_c do[t, c] o[t, c]: a (t, c) product instead of a (t, s) one.
+  rows = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1, keepdims=True)
+  ds = (w * (dw - rows)).astype(q.dtype)
+  return jnp.einsum("bhts,bhsc->bhtc", ds, k), jnp.einsum("bhts,bhtc->bhsc", ds, q), dv
+
+
+@jax.custom_vjp
+def attention(q, k, v):
+  """``softmax(q k^T) v`` over heads-major (batch, heads, tokens, channels) operands.
+
+  The softmax is taken in float32 whatever the operands' dtype. The hand-written gradient uses
+  the row sums ``sum(do * o)`` where autodiff forms ``sum(dw * w)`` over the (tokens x tokens)
+  weights, which XLA:CPU fused with a contraction into a slow loop: one ACE iteration (small32,
+  8 slots, one core) went from 1.02 to 0.95 s (``benchmarks/README.md``, session 4).
+
+  Example:
+    >>> q = k = v = jnp.ones((1, 2, 4, 8))
+    >>> attention(q, k, v).shape
+    (1, 2, 4, 8)
+  """
+  return _attention_fwd(q, k, v)[0]
+
+
+attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 class _Sequential(nnx.Module):
