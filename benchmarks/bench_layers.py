@@ -156,6 +156,9 @@ def plot(res: dict, path: Path) -> None:
     ax.bar(names, vals, color=["0.6" if n == "earlier" else "C0" for n in names])
     for i, v in enumerate(vals):
       ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    if case == "16_slots_2_devices":  # the official code's batch 16 on both cores (bench_ace.PYTORCH)
+      ax.axhline(0.95, color="C3", ls="--", lw=1, label="official PyTorch ACE, batch 16")
+      ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"ACE iteration, small32, {case}", fontsize=9)
     ax.set_ylabel("seconds per iteration (median)")
     ax.tick_params(axis="x", labelsize=8)
