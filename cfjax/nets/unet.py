@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cfjax.nets.layers import attention, group_norm, upsample_conv
 from cfjax.nets.registry import register
 
 _zeros = nnx.initializers.zeros_init()
@@ -45,49 +46,6 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: int = 10000) -> jax.A
   if dim % 2:
     emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
   return emb
-
-
-def group_norm(x, scale, bias, *, num_groups: int = 32, eps: float = 1e-5, emb_scale=None,
-               emb_shift=None):
-  """GroupNorm of NHWC ``x`` with a per-channel affine map, optionally followed by ``* (1 + s) + t``.
-
-  The same function as ``torch.nn.GroupNorm`` (biased two-pass variance), arranged for speed: the
-  statistics come from per-channel sums over the pixels (reductions that keep channels minor), are
-  combined per group on (N, C)-sized arrays, and the normalisation and both affine maps are folded
-  into one per-channel ``(x - mean) * a + b``. Reshaping ``x`` to (..., groups, channels per group)
-  instead, as ``nnx.GroupNorm`` does, leaves a minor dimension of 1 or 2 channels that XLA:CPU
-  vectorises poorly: the gradient of a 5-step DDPM chain through the small32 UNet ran 13% faster
-  this way (``benchmarks/README.md``, session 4).
-
-  Args:
-    x: (N, H, W, C) activations; C divisible by ``num_groups``.
-    scale, bias: (C,) affine parameters.
-    emb_scale, emb_shift: optional (N, C) scale-shift modulation (guided-diffusion's
-      ``use_scale_shift_norm``): the result is ``norm(x) * (1 + emb_scale) + emb_shift``.
-
-  Example:
-    >>> x = jnp.arange(2 * 4 * 4 * 64, dtype=jnp.float32).reshape(2, 4, 4, 64) % 7
-    >>> y = group_norm(x, jnp.ones(64), jnp.zeros(64))
-    >>> bool(jnp.allclose(y.reshape(2, 16, 32, 2).mean(axis=(1, 3)), 0.0, atol=1e-5))
-    True
-  """
-  n, h, w, c = x.shape
-  per_group = c // num_groups
-  count = h * w * per_group
-  xf = x.reshape(n, h * w, c)
-
-  def group_mean(channel_sums):  # (N, C) -> (N, C): the mean over each channel's group
-    g = channel_sums.reshape(n, num_groups, per_group).sum(-1, keepdims=True) / count
-    return jnp.broadcast_to(g, (n, num_groups, per_group)).reshape(n, c)
-
-  mean = group_mean(jnp.sum(xf, axis=1))
-  var = group_mean(jnp.sum(jnp.square(xf - mean[:, None, :]), axis=1))
-  a = jax.lax.rsqrt(var + eps) * scale
-  b = jnp.broadcast_to(bias, (n, c))
-  if emb_scale is not None:
-    a = a * (1 + emb_scale)
-    b = b * (1 + emb_scale) + emb_shift
-  return (x - mean[:, None, None, :]) * a[:, None, None, :] + b[:, None, None, :]
 
 
 class GroupNorm32(nnx.Module):
@@ -120,6 +78,13 @@ def _upsample_nearest(x):
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
+def _conv_of_upsampled(conv: nnx.Conv, x):
+  """``conv(_upsample_nearest(x))`` for one of this module's 3x3 convs, without the upsampled image."""
+  dt = conv.dtype or x.dtype
+  bias = None if conv.bias is None else conv.bias[...].astype(dt)
+  return upsample_conv(x.astype(dt), conv.kernel[...].astype(dt), bias)
+
+
 def _avg_pool2(x):
   b, h, w, c = x.shape
   return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
@@ -133,8 +98,7 @@ class Upsample(nnx.Module):
     self.conv = _conv(channels, out_channels, 3, dtype=dtype, rngs=rngs) if use_conv else None
 
   def __call__(self, x, emb=None, **kw):
-    x = _upsample_nearest(x)
-    return self.conv(x) if self.conv is not None else x
+    return _upsample_nearest(x) if self.conv is None else _conv_of_upsampled(self.conv, x)
 
 
 class Downsample(nnx.Module):
@@ -179,7 +143,7 @@ class ResBlock(nnx.Module):
     h = nnx.silu(self.in_norm(x))
     # With resblock_updown the resampling sits between SiLU and the first conv, and the skip input
     # is resampled the same way (README convention 13).
-    h = self.in_conv(self._resample(h))
+    h = _conv_of_upsampled(self.in_conv, h) if self.up else self.in_conv(self._resample(h))
     x = self._resample(x)
     emb_out = self.emb_linear(nnx.silu(emb)).astype(h.dtype)
     if self.use_scale_shift_norm:
@@ -227,42 +191,6 @@ class AttentionBlock(nnx.Module):
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))
     a = jnp.swapaxes(attention(q * scale, k * scale, v), 1, 2).reshape(b, hh, ww, c)
     return x + self.proj_out(a)
-
-
-def _attention_fwd(q, k, v):
-  w = jax.nn.softmax(jnp.einsum("bhtc,bhsc->bhts", q, k).astype(jnp.float32), axis=-1)
-  o = jnp.einsum("bhts,bhsc->bhtc", w.astype(v.dtype), v)
-  return o, (q, k, v, w, o)
-
-
-def _attention_bwd(res, do):
-  q, k, v, w, o = res
-  dv = jnp.einsum("bhts,bhtc->bhsc", w.astype(v.dtype), do)
-  dw = jnp.einsum("bhtc,bhsc->bhts", do, v).astype(jnp.float32)
-  # sum_s dw[t, s] w[t, s] = sum_c do[t, c] o[t, c]: a (t, c) product instead of a (t, s) one.
-  rows = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1, keepdims=True)
-  ds = (w * (dw - rows)).astype(q.dtype)
-  return jnp.einsum("bhts,bhsc->bhtc", ds, k), jnp.einsum("bhts,bhtc->bhsc", ds, q), dv
-
-
-@jax.custom_vjp
-def attention(q, k, v):
-  """``softmax(q k^T) v`` over heads-major (batch, heads, tokens, channels) operands.
-
-  The softmax is taken in float32 whatever the operands' dtype. The hand-written gradient uses
-  the row sums ``sum(do * o)`` where autodiff forms ``sum(dw * w)`` over the (tokens x tokens)
-  weights, which XLA:CPU fused with a contraction into a slow loop: one ACE iteration (small32,
-  8 slots, one core) went from 1.02 to 0.95 s (``benchmarks/README.md``, session 4).
-
-  Example:
-    >>> q = k = v = jnp.ones((1, 2, 4, 8))
-    >>> attention(q, k, v).shape
-    (1, 2, 4, 8)
-  """
-  return _attention_fwd(q, k, v)[0]
-
-
-attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 class _Sequential(nnx.Module):

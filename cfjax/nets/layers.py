@@ -1,0 +1,143 @@
+"""Layers of the ADM UNet written for speed: the functions :mod:`cfjax.nets.unet` computes with.
+
+Each computes exactly what the guided-diffusion layer computes (tested against torch, float64 and
+autodiff) but arranged for fewer passes over activations, which is what XLA:CPU spends its time
+on (``benchmarks/README.md``, session 4; ``benchmarks/bench_layers.py`` compares them with the
+plain versions):
+
+* :func:`group_norm`: GroupNorm statistics from per-channel sums, normalisation and affine maps
+  folded into one per-channel ``(x - mean) * a + b``.
+* :func:`attention`: ``softmax(q k^T) v`` with a hand-written gradient.
+* :func:`upsample_conv`: a 3x3 convolution of the nearest x2 upsampled input, computed as four
+  2x2 convolutions of the input itself (2.25x fewer FLOPs, no upsampled intermediate).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def group_norm(x, scale, bias, *, num_groups: int = 32, eps: float = 1e-5, emb_scale=None,
+               emb_shift=None):
+  """GroupNorm of NHWC ``x`` with a per-channel affine map, optionally followed by ``* (1 + s) + t``.
+
+  The same function as ``torch.nn.GroupNorm`` (biased two-pass variance), arranged for speed: the
+  statistics come from per-channel sums over the pixels (reductions that keep channels minor), are
+  combined per group on (N, C)-sized arrays, and the normalisation and both affine maps are folded
+  into one per-channel ``(x - mean) * a + b``. Reshaping ``x`` to (..., groups, channels per group)
+  instead, as ``nnx.GroupNorm`` does, leaves a minor dimension of 1 or 2 channels that XLA:CPU
+  vectorises poorly: the gradient of a 5-step DDPM chain through the small32 UNet ran 13% faster
+  this way (``benchmarks/README.md``, session 4).
+
+  Args:
+    x: (N, H, W, C) activations; C divisible by ``num_groups``.
+    scale, bias: (C,) affine parameters.
+    emb_scale, emb_shift: optional (N, C) scale-shift modulation (guided-diffusion's
+      ``use_scale_shift_norm``): the result is ``norm(x) * (1 + emb_scale) + emb_shift``.
+
+  Example:
+    >>> x = jnp.arange(2 * 4 * 4 * 64, dtype=jnp.float32).reshape(2, 4, 4, 64) % 7
+    >>> y = group_norm(x, jnp.ones(64), jnp.zeros(64))
+    >>> bool(jnp.allclose(y.reshape(2, 16, 32, 2).mean(axis=(1, 3)), 0.0, atol=1e-5))
+    True
+  """
+  n, h, w, c = x.shape
+  per_group = c // num_groups
+  count = h * w * per_group
+  xf = x.reshape(n, h * w, c)
+
+  def group_mean(channel_sums):  # (N, C) -> (N, C): the mean over each channel's group
+    g = channel_sums.reshape(n, num_groups, per_group).sum(-1, keepdims=True) / count
+    return jnp.broadcast_to(g, (n, num_groups, per_group)).reshape(n, c)
+
+  mean = group_mean(jnp.sum(xf, axis=1))
+  var = group_mean(jnp.sum(jnp.square(xf - mean[:, None, :]), axis=1))
+  a = jax.lax.rsqrt(var + eps) * scale
+  b = jnp.broadcast_to(bias, (n, c))
+  if emb_scale is not None:
+    a = a * (1 + emb_scale)
+    b = b * (1 + emb_scale) + emb_shift
+  return (x - mean[:, None, None, :]) * a[:, None, None, :] + b[:, None, None, :]
+
+
+def _attention_fwd(q, k, v):
+  w = jax.nn.softmax(jnp.einsum("bhtc,bhsc->bhts", q, k).astype(jnp.float32), axis=-1)
+  o = jnp.einsum("bhts,bhsc->bhtc", w.astype(v.dtype), v)
+  return o, (q, k, v, w, o)
+
+
+def _attention_bwd(res, do):
+  q, k, v, w, o = res
+  dv = jnp.einsum("bhts,bhtc->bhsc", w.astype(v.dtype), do)
+  dw = jnp.einsum("bhtc,bhsc->bhts", do, v).astype(jnp.float32)
+  # sum_s dw[t, s] w[t, s] = sum_c do[t, c] o[t, c]: a (t, c) product instead of a (t, s) one.
+  rows = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1, keepdims=True)
+  ds = (w * (dw - rows)).astype(q.dtype)
+  return jnp.einsum("bhts,bhsc->bhtc", ds, k), jnp.einsum("bhts,bhtc->bhsc", ds, q), dv
+
+
+@jax.custom_vjp
+def attention(q, k, v):
+  """``softmax(q k^T) v`` over heads-major (batch, heads, tokens, channels) operands.
+
+  The softmax is taken in float32 whatever the operands' dtype. The hand-written gradient uses
+  the row sums ``sum(do * o)`` where autodiff forms ``sum(dw * w)`` over the (tokens x tokens)
+  weights, which XLA:CPU fused with a contraction into a slow loop: one ACE iteration (small32,
+  8 slots, one core) went from 1.02 to 0.95 s (``benchmarks/README.md``, session 4).
+
+  Example:
+    >>> q = k = v = jnp.ones((1, 2, 4, 8))
+    >>> attention(q, k, v).shape
+    (1, 2, 4, 8)
+  """
+  return _attention_fwd(q, k, v)[0]
+
+
+attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def _fold_taps(k, axis):
+  """3 taps along ``axis`` -> the (2, 2) taps of the even and odd output phases of a x2 upsample.
+
+  Output row 2i reads upsampled rows 2i-1, 2i, 2i+1 = input rows i-1, i, i (taps w0 | w1 + w2);
+  output row 2i+1 reads 2i, 2i+1, 2i+2 = input rows i, i, i+1 (taps w0 + w1 | w2).
+  """
+  w0, w1, w2 = (jnp.take(k, i, axis=axis) for i in range(3))
+  return (jnp.stack([w0, w1 + w2], axis=axis), jnp.stack([w0 + w1, w2], axis=axis))
+
+
+def upsample_conv(x, kernel, bias=None):
+  """``conv3x3(nearest_upsample_x2(x))`` with padding 1, from four 2x2 convolutions of ``x``.
+
+  Each of the four output phases (even/odd row, even/odd column) of the convolution of the
+  upsampled image sees only two distinct input rows and columns, so its 3x3 kernel folds into a
+  2x2 one: 16 instead of 36 multiply-adds per output pixel and channel pair, and the upsampled
+  image is never formed. Equal to the plain form up to float rounding.
+
+  Args:
+    x: (N, H, W, Cin).
+    kernel: (3, 3, Cin, Cout), HWIO.
+    bias: optional (Cout,).
+
+  Returns:
+    (N, 2H, 2W, Cout).
+
+  Example:
+    >>> x, k = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 3))
+    >>> up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    >>> plain = lax.conv_general_dilated(up, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC)
+    >>> bool(jnp.allclose(upsample_conv(x, k), plain))
+    True
+  """
+  n, h, w, _ = x.shape
+  pads = ((1, 0), (0, 1))  # even phase reads rows i-1, i; odd phase rows i, i+1
+  rows = _fold_taps(kernel, 0)
+  phases = [[lax.conv_general_dilated(x, k, (1, 1), (pads[a], pads[b]), dimension_numbers=_NHWC)
+             for b, k in enumerate(_fold_taps(rows[a], 1))] for a in range(2)]
+  out = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # (N, H, 2, W, 2, Cout)
+  out = out.reshape(n, 2 * h, 2 * w, -1)
+  return out if bias is None else out + bias
