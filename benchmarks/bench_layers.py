@@ -1,4 +1,4 @@
-"""UNet layer implementations side by side: the earlier GroupNorm, attention and upsampling conv vs cfjax's.
+"""UNet layer implementations side by side: the earlier GroupNorm and attention against cfjax's.
 
 Session 4 replaced two layers of the ADM UNet (``cfjax/nets/unet.py``) after an op-level profile
 of the ACE iteration on XLA:CPU:
@@ -10,9 +10,6 @@ of the ACE iteration on XLA:CPU:
 * Attention: autodiff of ``softmax(q k^T) v`` forms ``sum(dw * w)`` over the tokens x tokens
   weights, which XLA:CPU fused with a contraction into a slow loop;
   :func:`cfjax.nets.layers.attention` has a hand-written VJP with the row sums ``sum(do * o)``.
-* Upsampling: the 3x3 convolution after a nearest x2 upsample (every up ResBlock) ran on the
-  upsampled image; :func:`cfjax.nets.layers.upsample_conv` folds it into four 2x2 convolutions of
-  the input (2.25x fewer FLOPs).
 
 This script swaps the earlier implementations back in (defined below, as they were) and times the
 variants in one process, alternating calls, on the program that matters: the ACE advance (one
@@ -44,10 +41,8 @@ import numpy as np  # noqa: E402
 
 from cfjax.nets import unet as unet_module  # noqa: E402
 
-# (GroupNorm, attention, convolution after a x2 upsample): "plain" = the code before session 4.
-VARIANTS = {"earlier": ("plain", "plain", "plain"), "group_norm": ("cfjax", "plain", "plain"),
-            "attention": ("plain", "cfjax", "plain"), "upsample_conv": ("plain", "plain", "cfjax"),
-            "without_upsample_conv": ("cfjax", "cfjax", "plain"), "current": ("cfjax", "cfjax", "cfjax")}
+VARIANTS = {"earlier": ("nnx", "autodiff"), "group_norm": ("cfjax", "autodiff"),
+            "attention": ("nnx", "cfjax"), "current": ("cfjax", "cfjax")}
 
 
 def _attention_autodiff(q, k, v):
@@ -64,26 +59,19 @@ def _group_norm_nnx(self, x, emb_scale=None, emb_shift=None):
   return y.astype(x.dtype)
 
 
-def _conv_of_upsampled_plain(conv, x):
-  """Before session 4: the 3x3 conv of the nearest-x2 upsampled image."""
-  return conv(unet_module._upsample_nearest(x))
-
-
 @contextlib.contextmanager
 def variant(name: str):
   """Traces the UNet with the named layer implementations (only while tracing matters)."""
-  gn, att, up = VARIANTS[name]
-  saved = unet_module.GroupNorm32.__call__, unet_module.attention, unet_module._conv_of_upsampled
-  if gn == "plain":
+  gn, att = VARIANTS[name]
+  saved = unet_module.GroupNorm32.__call__, unet_module.attention
+  if gn == "nnx":
     unet_module.GroupNorm32.__call__ = _group_norm_nnx
-  if att == "plain":
+  if att == "autodiff":
     unet_module.attention = _attention_autodiff
-  if up == "plain":
-    unet_module._conv_of_upsampled = _conv_of_upsampled_plain
   try:
     yield
   finally:
-    unet_module.GroupNorm32.__call__, unet_module.attention, unet_module._conv_of_upsampled = saved
+    unet_module.GroupNorm32.__call__, unet_module.attention = saved
 
 
 def ace_programs(names, slots: int, devices: int, predictor, net, tau: int):
@@ -142,24 +130,16 @@ def layer_times(repeats: int) -> list[dict]:
     c = shape[-1]
     gn = unet_module.GroupNorm32(c, rngs=nnx.Rngs(0))
     x, ct = jax.random.normal(key, shape), jax.random.normal(jax.random.key(2), shape)
-    for impl, call in [("plain", _group_norm_nnx), ("cfjax", unet_module.GroupNorm32.__call__)]:
+    for impl, call in [("nnx", _group_norm_nnx), ("cfjax", unet_module.GroupNorm32.__call__)]:
       f = jax.jit(lambda x, ct, call=call: jax.vjp(lambda x: call(gn, x), x)[1](ct)[0])
       rows.append({"layer": "group_norm", "shape": shape, "impl": impl,
                    "seconds_forward_vjp": common.time_calls(lambda: f(x, ct), repeats=repeats)["min_s"]})
   for shape in [(8, 2, 256, 32), (8, 2, 64, 32)]:
     q, k, v, do = (jax.random.normal(jax.random.key(i), shape) / math.sqrt(math.sqrt(shape[-1])) for i in range(4))
-    for impl, att in [("plain", _attention_autodiff), ("cfjax", unet_module.attention)]:
+    for impl, att in [("autodiff", _attention_autodiff), ("cfjax", unet_module.attention)]:
       f = jax.jit(lambda q, k, v, do, att=att: jax.vjp(att, q, k, v)[1](do))
       rows.append({"layer": "attention", "shape": shape, "impl": impl,
                    "seconds_forward_vjp": common.time_calls(lambda: f(q, k, v, do), repeats=repeats)["min_s"]})
-  for shape in [(8, 16, 16, 64), (8, 8, 8, 64)]:
-    conv = unet_module._conv(64, 64, 3, dtype=jnp.float32, rngs=nnx.Rngs(0))
-    x = jax.random.normal(key, shape)
-    ct = jax.random.normal(jax.random.key(2), (shape[0], 2 * shape[1], 2 * shape[2], 64))
-    for impl, call in [("plain", _conv_of_upsampled_plain), ("cfjax", unet_module._conv_of_upsampled)]:
-      f = jax.jit(lambda x, ct, call=call: jax.vjp(lambda x: call(conv, x), x)[1](ct)[0])
-      rows.append({"layer": "upsample_conv", "shape": shape, "impl": impl,
-                   "seconds_forward_vjp": common.time_calls(lambda: f(x, ct), repeats=repeats)["min_s"]})
   return rows
 
 
@@ -201,8 +181,8 @@ def main(argv=None) -> dict:
   predictor = nets.load_predictor("shapes_classifier")
   net, _ = common.unet("small32", fixture=common.FIXTURE_UNET)
   tau, repeats = (1, 2) if args.quick else (5, args.repeats)
-  on_two = ["earlier", "without_upsample_conv", "current"]
-  cases = [(2, 1, list(VARIANTS)), (2, 2, on_two)] if args.quick else [(8, 1, list(VARIANTS)), (16, 2, on_two)]
+  cases = [(2, 1, list(VARIANTS)), (2, 2, ["earlier", "current"])] if args.quick else \
+      [(8, 1, list(VARIANTS)), (16, 2, ["earlier", "current"])]
   res = {"benchmark": "bench_layers", "quick": args.quick, "note": args.note, "machine": common.machine_info(),
          "load_start": common.machine_load(), "settings": {"tau": tau, "repeats": repeats, "variants": VARIANTS},
          "ace_advance": {}}

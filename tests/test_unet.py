@@ -203,38 +203,3 @@ def test_attention_gradient_matches_autodiff():
     assert g.dtype == jnp.bfloat16
     err, err_ad = (float(jnp.abs(a.astype(jnp.float32) - g32).max()) for a in (g, g_ad))
     assert err <= 2 * err_ad + 1e-2, (err, err_ad)
-
-
-def test_upsample_conv_equals_conv_of_upsampled_image():
-  # Four folded 2x2 convolutions = a 3x3 convolution (padding 1) of the nearest-x2 upsampled
-  # image, values and gradients (w.r.t. image and kernel), on a non-square image with bias.
-  from jax import lax
-  from cfjax.nets.layers import upsample_conv
-
-  def plain(x, k, b):
-    up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return lax.conv_general_dilated(up, k, (1, 1), ((1, 1), (1, 1)),
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
-
-  x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4))
-  k = jax.random.normal(jax.random.key(1), (3, 3, 4, 6))
-  b = jax.random.normal(jax.random.key(2), (6,))
-  out = upsample_conv(x, k, b)
-  assert out.shape == (2, 6, 10, 6)
-  chex.assert_trees_all_close(out, plain(x, k, b), atol=1e-5)
-  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k, b)))
-  chex.assert_trees_all_close(jax.grad(loss(upsample_conv), (0, 1))(x, k),
-                              jax.grad(loss(plain), (0, 1))(x, k), atol=1e-4)
-
-
-def test_upsample_module_conv():
-  # Upsample(use_conv=True) (conv_resample without resblock_updown) equals its conv applied to the
-  # upsampled image, in float32 and in the bfloat16 compute dtype.
-  from flax import nnx
-  from cfjax.nets.unet import Upsample
-  x = jax.random.normal(jax.random.key(3), (2, 8, 8, 16))
-  for dtype, atol in [(jnp.float32, 1e-5), (jnp.bfloat16, 0.1)]:
-    layer = Upsample(16, True, 24, dtype=dtype, rngs=nnx.Rngs(0))
-    out, want = layer(x), layer.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
-    assert out.shape == (2, 16, 16, 24) and out.dtype == want.dtype == dtype
-    chex.assert_trees_all_close(out.astype(jnp.float32), want.astype(jnp.float32), atol=atol)

@@ -8,17 +8,12 @@ plain versions):
 * :func:`group_norm`: GroupNorm statistics from per-channel sums, normalisation and affine maps
   folded into one per-channel ``(x - mean) * a + b``.
 * :func:`attention`: ``softmax(q k^T) v`` with a hand-written gradient.
-* :func:`upsample_conv`: a 3x3 convolution of the nearest x2 upsampled input, computed as four
-  2x2 convolutions of the input itself (2.25x fewer FLOPs, no upsampled intermediate).
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def group_norm(x, scale, bias, *, num_groups: int = 32, eps: float = 1e-5, emb_scale=None,
@@ -98,46 +93,3 @@ def attention(q, k, v):
 
 
 attention.defvjp(_attention_fwd, _attention_bwd)
-
-
-def _fold_taps(k, axis):
-  """3 taps along ``axis`` -> the (2, 2) taps of the even and odd output phases of a x2 upsample.
-
-  Output row 2i reads upsampled rows 2i-1, 2i, 2i+1 = input rows i-1, i, i (taps w0 | w1 + w2);
-  output row 2i+1 reads 2i, 2i+1, 2i+2 = input rows i, i, i+1 (taps w0 + w1 | w2).
-  """
-  w0, w1, w2 = (jnp.take(k, i, axis=axis) for i in range(3))
-  return (jnp.stack([w0, w1 + w2], axis=axis), jnp.stack([w0 + w1, w2], axis=axis))
-
-
-def upsample_conv(x, kernel, bias=None):
-  """``conv3x3(nearest_upsample_x2(x))`` with padding 1, from four 2x2 convolutions of ``x``.
-
-  Each of the four output phases (even/odd row, even/odd column) of the convolution of the
-  upsampled image sees only two distinct input rows and columns, so its 3x3 kernel folds into a
-  2x2 one: 16 instead of 36 multiply-adds per output pixel and channel pair, and the upsampled
-  image is never formed. Equal to the plain form up to float rounding.
-
-  Args:
-    x: (N, H, W, Cin).
-    kernel: (3, 3, Cin, Cout), HWIO.
-    bias: optional (Cout,).
-
-  Returns:
-    (N, 2H, 2W, Cout).
-
-  Example:
-    >>> x, k = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 3))
-    >>> up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    >>> plain = lax.conv_general_dilated(up, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC)
-    >>> bool(jnp.allclose(upsample_conv(x, k), plain))
-    True
-  """
-  n, h, w, _ = x.shape
-  pads = ((1, 0), (0, 1))  # even phase reads rows i-1, i; odd phase rows i, i+1
-  rows = _fold_taps(kernel, 0)
-  phases = [[lax.conv_general_dilated(x, k, (1, 1), (pads[a], pads[b]), dimension_numbers=_NHWC)
-             for b, k in enumerate(_fold_taps(rows[a], 1))] for a in range(2)]
-  out = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # (N, H, 2, W, 2, Cout)
-  out = out.reshape(n, 2 * h, 2 * w, -1)
-  return out if bias is None else out + bias

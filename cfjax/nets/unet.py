@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cfjax.nets.layers import attention, group_norm, upsample_conv
+from cfjax.nets.layers import attention, group_norm
 from cfjax.nets.registry import register
 
 _zeros = nnx.initializers.zeros_init()
@@ -78,13 +78,6 @@ def _upsample_nearest(x):
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
-def _conv_of_upsampled(conv: nnx.Conv, x):
-  """``conv(_upsample_nearest(x))`` for one of this module's 3x3 convs, without the upsampled image."""
-  dt = conv.dtype or x.dtype
-  bias = None if conv.bias is None else conv.bias[...].astype(dt)
-  return upsample_conv(x.astype(dt), conv.kernel[...].astype(dt), bias)
-
-
 def _avg_pool2(x):
   b, h, w, c = x.shape
   return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
@@ -98,7 +91,8 @@ class Upsample(nnx.Module):
     self.conv = _conv(channels, out_channels, 3, dtype=dtype, rngs=rngs) if use_conv else None
 
   def __call__(self, x, emb=None, **kw):
-    return _upsample_nearest(x) if self.conv is None else _conv_of_upsampled(self.conv, x)
+    x = _upsample_nearest(x)
+    return self.conv(x) if self.conv is not None else x
 
 
 class Downsample(nnx.Module):
@@ -143,7 +137,7 @@ class ResBlock(nnx.Module):
     h = nnx.silu(self.in_norm(x))
     # With resblock_updown the resampling sits between SiLU and the first conv, and the skip input
     # is resampled the same way (README convention 13).
-    h = _conv_of_upsampled(self.in_conv, h) if self.up else self.in_conv(self._resample(h))
+    h = self.in_conv(self._resample(h))
     x = self._resample(x)
     emb_out = self.emb_linear(nnx.silu(emb)).astype(h.dtype)
     if self.use_scale_shift_norm:
