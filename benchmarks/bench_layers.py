@@ -1,6 +1,6 @@
 """UNet layer implementations side by side: the earlier GroupNorm and attention against cfjax's.
 
-Session 4 replaced two layers of the ADM UNet (``cfjax/nets/unet.py``) after an op-level profile
+Session 4 replaced two layers of the ADM UNet (``cfjax/nets/layers.py``, used by ``cfjax/nets/unet.py``) after an op-level profile
 of the ACE iteration on XLA:CPU:
 
 * GroupNorm: ``nnx.GroupNorm`` reshapes activations to (..., groups, channels per group), whose

@@ -25,7 +25,7 @@ def group_norm(x, scale, bias, *, num_groups: int = 32, eps: float = 1e-5, emb_s
   combined per group on (N, C)-sized arrays, and the normalisation and both affine maps are folded
   into one per-channel ``(x - mean) * a + b``. Reshaping ``x`` to (..., groups, channels per group)
   instead, as ``nnx.GroupNorm`` does, leaves a minor dimension of 1 or 2 channels that XLA:CPU
-  vectorises poorly: the gradient of a 5-step DDPM chain through the small32 UNet ran 13% faster
+  vectorises poorly: the gradient of a 5-step DDPM chain through the small32 UNet ran 8-13% faster
   this way (``benchmarks/README.md``, session 4).
 
   Args:
