@@ -1,7 +1,7 @@
 """UNet layer implementations side by side: the earlier GroupNorm and attention against cfjax's.
 
-Session 4 replaced two layers of the ADM UNet (``cfjax/nets/layers.py``, used by ``cfjax/nets/unet.py``) after an op-level profile
-of the ACE iteration on XLA:CPU:
+Session 4 replaced two layers of the ADM UNet (``cfjax/nets/layers.py``, used by
+``cfjax/nets/unet.py``) after an op-level profile of the ACE iteration on XLA:CPU:
 
 * GroupNorm: ``nnx.GroupNorm`` reshapes activations to (..., groups, channels per group), whose
   minor dimension of 1-2 channels XLA:CPU vectorises poorly; :func:`cfjax.nets.layers.group_norm`
