@@ -84,10 +84,7 @@ def ace_programs(names, slots: int, devices: int, predictor, net, tau: int):
     with variant(name):
       eng = Engine(bench_ace.ace_method(predictor, net, tau=tau, iterations=50), num_slots=slots,
                    steps_per_call=1, devices=jax.devices()[:devices])
-      put = lambda a: eng._put(np.asarray(a))
-      xs, ts = put(np.asarray(x, np.float32)), put(t)
-      ids, mask = put(np.arange(slots, dtype=np.uint32)), put(np.ones(slots, bool))
-      old = eng._empty(eng.params, xs, ts, ids, jax.random.key(0))
+      xs, ts, ids, mask, old = common.filled_slots(eng, x, t, jax.random.key(0))
       state = eng._init(eng.params, xs, ts, ids, jax.random.key(0), mask, old)
       t0 = time.perf_counter()
       compiled = eng._advance.lower(eng.params, state, mask).compile()

@@ -287,6 +287,18 @@ def log(msg: str) -> None:
 # benchmark measures exactly what Engine.run calls, phase by phase).
 # ---------------------------------------------------------------------------------------------
 
+def filled_slots(eng, images: np.ndarray, targets: np.ndarray, key) -> tuple:
+  """Every slot filled (images repeated if fewer): the init program's arguments ``(x, t, ids,
+  mask, old)`` on the engine's devices, for calling its programs one by one."""
+  s = eng.num_slots
+  idx = np.arange(s) % len(images)
+  x = eng._put(np.asarray(images, np.float32)[idx])
+  t = eng._put(np.asarray(targets)[idx])
+  ids = eng._put(np.arange(s, dtype=np.uint32))
+  mask = eng._put(np.ones(s, bool))
+  return x, t, ids, mask, eng._empty(eng.params, x, t, ids, key)
+
+
 def engine_phases(eng, images: np.ndarray, targets: np.ndarray, key, *, calls: int,
                   result: bool = True) -> dict:
   """Compiles the engine's programs (AOT, for seconds/FLOPs/memory), then times them warm.
@@ -295,15 +307,9 @@ def engine_phases(eng, images: np.ndarray, targets: np.ndarray, key, *, calls: i
   init, of each of ``calls`` advance calls after one warm-up call, and of one result call
   (``result=False`` skips compiling and timing the result program).
   """
-  s = eng.num_slots
-  idx = np.arange(s) % len(images)
-  x = eng._put(np.asarray(images, np.float32)[idx])
-  t = eng._put(np.asarray(targets)[idx])
-  ids = eng._put(np.arange(s, dtype=np.uint32))
-  mask = eng._put(np.ones(s, bool))
+  x, t, ids, mask, old = filled_slots(eng, images, targets, key)
   p = eng.params
-  out: dict[str, Any] = {"num_slots": s, "steps_per_call": eng.steps_per_call}
-  old = eng._empty(p, x, t, ids, key)
+  out: dict[str, Any] = {"num_slots": eng.num_slots, "steps_per_call": eng.steps_per_call}
   _, out["compile_init"] = compile_stats(eng._init, p, x, t, ids, key, mask, old)
   states = block(eng._init(p, x, t, ids, key, mask, old))
   _, out["compile_advance"] = compile_stats(eng._advance, p, states, mask)
