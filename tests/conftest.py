@@ -34,3 +34,14 @@ def unet_small(fixtures_dir):
   """The fixtures' "small" guided-diffusion UNet, imported from its .npz state dict (shared)."""
   from cfjax.nets import torch_import, unet_config
   return torch_import.load_guided_diffusion(fixtures_dir / "model_small.npz", unet_config("small32"))
+
+
+CF_ATTACKS = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "cf_attacks"
+
+
+@pytest.fixture(scope="session")
+def cf_attacks_dir() -> Path:
+  """Fixtures of the official Counterfactual Attacks code (MNIST VAE, classifier, attack)."""
+  if not CF_ATTACKS.is_dir():
+    pytest.fail(f"fixtures not found at {CF_ATTACKS}; cfjax expects shared/ beside the checkout")
+  return CF_ATTACKS

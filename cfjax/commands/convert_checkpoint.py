@@ -1,4 +1,18 @@
-"""``cfjax convert-checkpoint``: a guided-diffusion PyTorch state dict -> a cfjax (orbax) checkpoint."""
+"""``cfjax convert-checkpoint``: a PyTorch state dict -> a cfjax (orbax) checkpoint.
+
+Two families of named configs:
+
+* guided-diffusion UNets (``celeba128``, ``celebahq256``, ``imagenet256_uncond``, ``small32``, ...)
+  for released ACE / DiME / guided-diffusion ``.pt`` files; meta ``{"kind": "diffusion", ...}``;
+* Counterfactual Attacks' MNIST networks (:data:`cfjax.nets.cf_attacks_import.CF_ATTACKS_CONFIGS`):
+  ``cf_attacks_mnist_vae`` for ``mnist_autoencoder_weights.pth`` (meta ``{"kind": "generator",
+  "generator": "vae", "image_size": 28, "channels": 1, "latent_dim": 64, ...}``) and
+  ``cf_attacks_mnist_classifier`` for ``mnist_classifier_weights.pth`` (meta ``{"kind":
+  "predictor", "task": "classification", "num_classes": 10, "image_size": 28, ...}``).
+
+Example:
+  cfjax convert-checkpoint mnist_autoencoder_weights.pth --config cf_attacks_mnist_vae --out ckpt/mnist_vae
+"""
 
 from __future__ import annotations
 
@@ -11,13 +25,15 @@ from pathlib import Path
 def add_parser(sub):
   p = sub.add_parser(
       "convert-checkpoint",
-      help="convert a guided-diffusion / ACE / DiME .pt (or .npz) state dict to a cfjax checkpoint",
+      help="convert a guided-diffusion / ACE / DiME or Counterfactual Attacks .pt(h) (or .npz) "
+           "state dict to a cfjax checkpoint",
       description="Reads the state dict with torch.load(weights_only=True) (never arbitrary "
-                  "unpickling), checks every key and shape against the named UNet config, and "
-                  "writes an orbax checkpoint that `cfjax explain --diffusion` accepts.")
+                  "unpickling), checks every key and shape against the named config, and "
+                  "writes an orbax checkpoint that cfjax's loaders accept.")
   p.add_argument("source", help="path of the .pt/.pth (needs `pip install 'cfjax[torch]'`) or .npz file")
   p.add_argument("--config", required=True,
-                 help="named UNet config (celeba128, celebahq256, imagenet256_uncond, small32, ...)")
+                 help="named UNet config (celeba128, celebahq256, imagenet256_uncond, small32, ...) "
+                      "or Counterfactual Attacks config (cf_attacks_mnist_vae, cf_attacks_mnist_classifier)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                  help="override a config entry, e.g. --set num_classes=1000 --set dtype='\"bfloat16\"'")
   p.add_argument("--steps", type=int, help="diffusion steps the model was trained with (default: the config's)")
@@ -27,13 +43,10 @@ def add_parser(sub):
   p.set_defaults(func=run)
 
 
-def run(args) -> int:
-  from cfjax import checkpoint
+def _overrides(items) -> dict:
   from cfjax._validate import CfjaxInputError
-  from cfjax.nets import diffusion_settings, torch_import, unet_config
-
   overrides = {}
-  for item in args.set:
+  for item in items:
     key, sep, value = item.partition("=")
     if not sep:
       raise CfjaxInputError(f"--set expects KEY=JSON, got {item!r}")
@@ -41,18 +54,51 @@ def run(args) -> int:
       overrides[key] = json.loads(value)
     except json.JSONDecodeError as e:
       raise CfjaxInputError(f"--set {key}: {value!r} is not JSON ({e})") from e
-  config = unet_config(args.config, **overrides)
-  diffusion = diffusion_settings(args.config)
-  if args.steps:
-    diffusion["steps"] = args.steps
-  if args.schedule:
-    diffusion["schedule"] = args.schedule
+  return overrides
+
+
+def _cf_attacks(args, overrides: dict, src: Path):
+  """``(network, meta)`` of a Counterfactual Attacks state dict."""
+  from cfjax._validate import CfjaxInputError
+  from cfjax.nets import cf_attacks_import as cfa
+  from cfjax.nets.vae import MNIST_MEAN, MNIST_STD
+  if args.steps or args.schedule:
+    raise CfjaxInputError(f"--steps and --schedule apply to diffusion models, not {args.config}")
+  config = cfa.named_config(args.config, **overrides)
+  net = cfa.load_cf_attacks(src, config)
+  source = {"paper": "Goldwasser & Hooker 2025, Counterfactual Attacks",
+            "repository": "jeremy-goldwasser/counterfactual-attacks"}
+  if config["arch"] == "cf_vae":
+    meta = {"kind": "generator", "generator": "vae", "image_size": config["image_size"],
+            "channels": config["channels"], "latent_dim": config["latent_dim"],
+            "input_normalization": ({"mean": MNIST_MEAN, "std": MNIST_STD}
+                                    if config.get("normalize") else None), **source}
+  else:
+    meta = {"kind": "predictor", "task": "classification", "num_classes": config["num_classes"],
+            "image_size": config["image_size"], "channels": config["channels"], **source}
+  return net, meta
+
+
+def run(args) -> int:
+  from cfjax import checkpoint
+  from cfjax.nets import cf_attacks_import, diffusion_settings, torch_import, unet_config
+
+  overrides = _overrides(args.set)
   src = Path(args.source)
-  net = torch_import.load_guided_diffusion(src, config)
+  if args.config in cf_attacks_import.CF_ATTACKS_CONFIGS:
+    net, meta = _cf_attacks(args, overrides, src)
+  else:
+    config = unet_config(args.config, **overrides)
+    diffusion = diffusion_settings(args.config)
+    if args.steps:
+      diffusion["steps"] = args.steps
+    if args.schedule:
+      diffusion["schedule"] = args.schedule
+    net = torch_import.load_guided_diffusion(src, config)
+    meta = {"kind": "diffusion", "diffusion": diffusion}
   digest = hashlib.sha256(src.read_bytes()).hexdigest()
-  meta = {"kind": "diffusion", "diffusion": diffusion, "source": str(src.resolve()),
-          "source_sha256": digest, "named_config": args.config,
-          "command": "cfjax convert-checkpoint " + " ".join(getattr(args, "argv", []) or sys.argv[2:])}
+  meta.update({"source": str(src.resolve()), "source_sha256": digest, "named_config": args.config,
+               "command": "cfjax convert-checkpoint " + " ".join(getattr(args, "argv", []) or sys.argv[2:])})
   out = checkpoint.save(args.out, net.config, net.params, meta=meta, overwrite=args.overwrite)
   print(f"wrote {out} ({sum(x.size for x in __import__('jax').tree.leaves(net.params)):,} parameters)")
   return 0
