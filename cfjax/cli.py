@@ -18,6 +18,7 @@ COMMANDS = {
     "demo": "demo",
     "train-predictor": "train_predictor",
     "train-diffusion": "train_diffusion",
+    "train-vae": "train_vae",
     "convert-checkpoint": "convert_checkpoint",
     "explain": "explain",
 }
@@ -44,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
-  args = parser.parse_args(argv)
+  args, extra = parser.parse_known_args(argv)
+  if getattr(args, "accepts_extra", False):
+    args.extra = extra  # a command with options of its own kind (explain: the method's)
+  elif extra:
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
   try:
     return int(args.func(args) or 0)
   except CfjaxInputError as e:

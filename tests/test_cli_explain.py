@@ -31,7 +31,7 @@ def test_explain_writes_everything_and_resumes(tmp_path, diffusion_ckpt, capsys)
   assert "grid.png" in printed
   summary = json.loads((out / "summary.json").read_text())
   assert summary["num_explained"] == 3 and summary["computed_this_session"] == 3
-  assert summary["settings"]["tau"] == 2 and summary["run"]["respacing"] == "25"
+  assert summary["settings"]["tau"] == 2 and summary["settings"]["respacing"] == "25"
   assert summary["settings"]["stop_check"] == "refined" and summary["settings"]["refine_noise"] == "fresh"
   res = np.load(out / "results.npz")
   assert res["counterfactual"].shape == (3, 32, 32, 3)

@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from cfjax import CfjaxInputError, engine
+import cfjax
+from cfjax import CfjaxInputError, engine, pipeline
 
 sys.path.insert(0, str(Path(__file__).parent))
 from toy_method import countdown  # noqa: E402
@@ -28,7 +29,7 @@ def method():
 
 @pytest.fixture(scope="module")
 def reference(method):
-  return engine.explain(method, X, T, key=jax.random.key(0), num_slots=4, steps_per_call=1,
+  return cfjax.explain(method, X, T, key=jax.random.key(0), num_slots=4, steps_per_call=1,
                         progress=False, return_stats=True)
 
 
@@ -51,7 +52,7 @@ def test_continuous_batching_follows_the_mean(reference):
 @pytest.mark.parametrize("slots,devices,k", [(2, 1, 1), (8, 2, 3), (6, 2, 2)])
 def test_identical_across_slots_devices_and_k(method, reference, slots, devices, k):
   order = np.random.RandomState(slots).permutation(N)
-  res = engine.explain(method, X[order], T[order], ids=order, key=jax.random.key(0), num_slots=slots,
+  res = cfjax.explain(method, X[order], T[order], ids=order, key=jax.random.key(0), num_slots=slots,
                        steps_per_call=k, devices=jax.local_devices()[:devices], progress=False)
   ref = reference[0]
   np.testing.assert_array_equal(res["id"], ref["id"])
@@ -63,7 +64,7 @@ def test_identical_across_slots_devices_and_k(method, reference, slots, devices,
 @pytest.mark.parametrize("result_slots", [1, 3, 8])
 def test_results_are_computed_in_full_buffers(method, reference, result_slots):
   """Finished examples wait in the result buffer: one result call per full buffer plus the tail."""
-  res, stats = engine.explain(method, X, T, key=jax.random.key(0), num_slots=4, steps_per_call=2,
+  res, stats = cfjax.explain(method, X, T, key=jax.random.key(0), num_slots=4, steps_per_call=2,
                               result_slots=result_slots, progress=False, return_stats=True)
   assert stats["result_calls"] == -(-N // stats["result_slots"])
   assert stats["num_done"] == N
@@ -80,10 +81,10 @@ def test_engine_compiles_once_across_runs(method):
 
 def test_resume_skips_finished(tmp_path, method, reference):
   out = tmp_path / "run"
-  first = engine.explain(method, X[:5], T[:5], key=jax.random.key(0), num_slots=4, out_dir=out,
+  first = cfjax.explain(method, X[:5], T[:5], key=jax.random.key(0), num_slots=4, out_dir=out,
                          progress=False)
   assert len(first["id"]) == 5
-  res, stats = engine.explain(method, X, T, key=jax.random.key(0), num_slots=4, out_dir=out,
+  res, stats = cfjax.explain(method, X, T, key=jax.random.key(0), num_slots=4, out_dir=out,
                               progress=False, return_stats=True)
   assert stats["num_done"] == N - 5
   np.testing.assert_array_equal(res["x"], reference[0]["x"])
@@ -91,9 +92,9 @@ def test_resume_skips_finished(tmp_path, method, reference):
 
 def test_a_different_run_in_the_same_directory_is_refused(tmp_path, method):
   out = tmp_path / "run"
-  engine.explain(method, X[:3], T[:3], key=jax.random.key(0), out_dir=out, progress=False)
+  cfjax.explain(method, X[:3], T[:3], key=jax.random.key(0), out_dir=out, progress=False)
   with pytest.raises(CfjaxInputError, match="different run"):
-    engine.explain(method, X[:3], T[:3], key=jax.random.key(1), out_dir=out, progress=False)
+    cfjax.explain(method, X[:3], T[:3], key=jax.random.key(1), out_dir=out, progress=False)
 
 
 def test_sigkill_loses_nothing_and_repeats_nothing(tmp_path, reference):
@@ -112,12 +113,12 @@ def test_sigkill_loses_nothing_and_repeats_nothing(tmp_path, reference):
     time.sleep(0.05)
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
-  partial = engine.read_results(out)
+  partial = pipeline.read_results(out)
   assert 0 < len(partial["id"]) < N
   done = subprocess.run([sys.executable, str(script), str(out), str(N)], env=env,
                         capture_output=True, timeout=300)
   assert done.returncode == 0, done.stderr.decode()[-2000:]
-  res = engine.read_results(out)
+  res = pipeline.read_results(out)
   np.testing.assert_array_equal(res["id"], np.arange(N))  # each id exactly once
   np.testing.assert_array_equal(res["x"], reference[0]["x"])
 
@@ -125,21 +126,21 @@ def test_sigkill_loses_nothing_and_repeats_nothing(tmp_path, reference):
 def test_bad_inputs_fail_before_compiling(method):
   key = jax.random.key(0)
   with pytest.raises(CfjaxInputError, match="rank 4"):
-    engine.explain(method, X[0], T[:1], key=key, progress=False)
+    cfjax.explain(method, X[0], T[:1], key=key, progress=False)
   with pytest.raises(CfjaxInputError, match=r"\[0, 255\]|divide by 255"):
-    engine.explain(method, X * 255, T, key=key, progress=False)
+    cfjax.explain(method, X * 255, T, key=key, progress=False)
   with pytest.raises(CfjaxInputError, match="uint8"):
-    engine.explain(method, (X * 255).astype(np.uint8), T, key=key, progress=False)
+    cfjax.explain(method, (X * 255).astype(np.uint8), T, key=key, progress=False)
   bad = X.copy()
   bad[3, 0, 0, 0] = np.nan
   with pytest.raises(CfjaxInputError, match=r"NaN.*\[3\]"):
-    engine.explain(method, bad, T, key=key, progress=False)
+    cfjax.explain(method, bad, T, key=key, progress=False)
   with pytest.raises(CfjaxInputError, match="empty"):
-    engine.explain(method, X[:0], T[:0], key=key, progress=False)
+    cfjax.explain(method, X[:0], T[:0], key=key, progress=False)
   with pytest.raises(CfjaxInputError, match="integer class targets"):
-    engine.explain(method, X, T.astype(np.float32), key=key, progress=False)
+    cfjax.explain(method, X, T.astype(np.float32), key=key, progress=False)
   with pytest.raises(CfjaxInputError, match="unique"):
-    engine.explain(method, X[:2], T[:2], ids=[1, 1], key=key, progress=False)
+    cfjax.explain(method, X[:2], T[:2], ids=[1, 1], key=key, progress=False)
 
 
 def test_two_processes_with_jax_distributed_split_the_work(tmp_path, reference):
@@ -160,6 +161,6 @@ def test_two_processes_with_jax_distributed_split_the_work(tmp_path, reference):
     shard_ids = np.concatenate([np.load(f)["id"] for f in sorted((out / "shards").glob(f"p{i}-*.npz"))])
     assert set(shard_ids.tolist()) == {j for j in range(N) if j % 2 == i}
   # ... and together they equal the single-process run exactly.
-  res = engine.read_results(out)
+  res = pipeline.read_results(out)
   np.testing.assert_array_equal(res["id"], np.arange(N))
   np.testing.assert_array_equal(res["x"], reference[0]["x"])

@@ -11,11 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfjax import CfjaxInputError, engine, methods
-from cfjax.diffusion import make_schedule
+import cfjax
+from cfjax import CfjaxInputError, methods
 from cfjax.methods import Status, make_targets
 
-SCHED = make_schedule(500, "linear", "25")
+
+@pytest.fixture(scope="module")
+def ddpm(unet_small):
+  """The random-weight UNet with a 500-step linear schedule, re-spaced to 25 by the methods."""
+  return cfjax.DiffusionModel(unet_small, 500, "linear")
 
 
 def red_logit(params, x):
@@ -37,17 +41,17 @@ def images(n, seed=0, red=0.3):
 
 
 @pytest.fixture(scope="module")
-def ace(unet_small):
-  return methods.make("ace", predictor=(red_logit, {"gain": jnp.float32(20.0)}), diffusion=unet_small,
-                      schedule=SCHED, tau=2, iterations=20, step_size=4 / 255, early_stop=True,
+def ace(ddpm):
+  return methods.make("ace", predictor=(red_logit, {"gain": jnp.float32(20.0)}), diffusion=ddpm,
+                      respacing="25", tau=2, iterations=20, step_size=4 / 255, early_stop=True,
                       margin=0.2, mask_dilation=5)
 
 
 @pytest.fixture(scope="module")
-def acre(unet_small):
-  return methods.make("acre", predictor=(red_value, {"gain": jnp.float32(1.0)}), diffusion=unet_small,
-                      schedule=SCHED, tau=2, iterations=15, step_size=4 / 255, tolerance=0.05,
-                      mask_dilation=5, lam=0.0)  # a mean-red regressor's per-pixel gradient (~1e-4)
+def acre(ddpm):
+  return methods.make("acre", predictor=(red_value, {"gain": jnp.float32(1.0)}), diffusion=ddpm,
+                      respacing="25", tau=2, iterations=15, step_size=4 / 255, tolerance=0.05,
+                      mask_dilation=5, lam=0.0, stop_check="filter")  # a mean-red regressor's per-pixel gradient (~1e-4)
                                                  # is below the default l1 lam: no proximity term
 
 
@@ -56,7 +60,7 @@ def test_ace_flips_a_tiny_classifier(ace):
   outputs = np.asarray(red_logit({"gain": 20.0}, x))
   assert (outputs < 0).all()
   targets = make_targets("flip", task="classification", predictions=outputs)[:, 0]
-  res = engine.explain(ace, x, targets, key=jax.random.key(0), num_slots=4, steps_per_call=1,
+  res = cfjax.explain(ace, x, targets, key=jax.random.key(0), num_slots=4, steps_per_call=1,
                        progress=False)
   assert res["success"].mean() >= 0.95, res["prediction"]
   assert (res["status"] == Status.SUCCESS).all()
@@ -73,7 +77,7 @@ def test_acre_reaches_targets_and_reports_nonfinite(acre):
   x = images(5, seed=1)
   x[4, ..., 2] = 1.0  # the regressor returns NaN on this image
   targets = np.array([0.45, 0.5, 0.4, 0.55, 0.5], np.float32)
-  res = engine.explain(acre, x, targets, key=jax.random.key(0), num_slots=4, steps_per_call=1,
+  res = cfjax.explain(acre, x, targets, key=jax.random.key(0), num_slots=4, steps_per_call=1,
                        progress=False)
   # Every pre-explanation's filtered image met the tolerance (that is what stopped it) ...
   np.testing.assert_array_less(np.abs(res["pre_prediction"][:4] - targets[:4]), 0.05 + 1e-6)
@@ -90,15 +94,15 @@ def test_acre_reaches_targets_and_reports_nonfinite(acre):
   assert len(set(res["iterations"][:4].tolist())) > 1
 
 
-def test_acre_margin_tightens_the_early_stop(unet_small, acre):
+def test_acre_margin_tightens_the_early_stop(ddpm, acre):
   """With margin m the attack stops at |f(F(x')) - t| <= tolerance - m, so it runs at least as long."""
-  tight = methods.make("acre", predictor=(red_value, {"gain": jnp.float32(1.0)}), diffusion=unet_small,
-                       schedule=SCHED, tau=2, iterations=15, step_size=4 / 255, tolerance=0.05,
-                       margin=0.03, mask_dilation=5, lam=0.0)
+  tight = methods.make("acre", predictor=(red_value, {"gain": jnp.float32(1.0)}), diffusion=ddpm,
+                       respacing="25", tau=2, iterations=15, step_size=4 / 255, tolerance=0.05,
+                       margin=0.03, mask_dilation=5, lam=0.0, stop_check="filter")
   x = images(4, seed=1)
   targets = np.array([0.45, 0.5, 0.4, 0.55], np.float32)
   kw = dict(key=jax.random.key(0), num_slots=4, steps_per_call=1, progress=False)
-  loose, strict = engine.explain(acre, x, targets, **kw), engine.explain(tight, x, targets, **kw)
+  loose, strict = cfjax.explain(acre, x, targets, **kw), cfjax.explain(tight, x, targets, **kw)
   stopped = strict["iterations"] < 15
   assert stopped.sum() >= 3, strict["iterations"]
   np.testing.assert_array_less(np.abs(strict["pre_prediction"] - targets)[stopped], 0.02 + 1e-6)
@@ -106,17 +110,18 @@ def test_acre_margin_tightens_the_early_stop(unet_small, acre):
   assert (strict["iterations"] > loose["iterations"]).any()
 
 
-def test_refinement_with_the_attack_noise_reproduces_the_judged_sample(unet_small):
+def test_refinement_with_the_attack_noise_reproduces_the_judged_sample(ddpm):
   """refine_noise="attack" reuses the noise of the evaluation that stopped the attack: with a mask
   that regenerates every pixel (threshold 0) the CE is that filtered sample, so its prediction is
   the one the early stop judged; fresh noise gives a different sample."""
-  kw = dict(predictor=(red_value, {"gain": jnp.float32(1.0)}), diffusion=unet_small, schedule=SCHED,
-            tau=2, iterations=15, step_size=4 / 255, mask_dilation=5, mask_threshold=0.0, lam=0.0)
+  kw = dict(predictor=(red_value, {"gain": jnp.float32(1.0)}), diffusion=ddpm, respacing="25",
+            tau=2, iterations=15, step_size=4 / 255, mask_dilation=5, mask_threshold=0.0, lam=0.0,
+            stop_check="filter")
   x = images(4, seed=1)
   targets = np.array([0.45, 0.5, 0.4, 0.55], np.float32)
   run = dict(key=jax.random.key(0), num_slots=4, steps_per_call=1, progress=False)
-  same = engine.explain(methods.make("acre", refine_noise="attack", **kw), x, targets, **run)
-  fresh = engine.explain(methods.make("acre", refine_noise="fresh", **kw), x, targets, **run)
+  same = cfjax.explain(methods.make("acre", refine_noise="attack", **kw), x, targets, **run)
+  fresh = cfjax.explain(methods.make("acre", refine_noise="fresh", **kw), x, targets, **run)
   stopped = same["iterations"] < 15
   assert stopped.all(), same["iterations"]
   assert (same["mask"] == 1).all()
@@ -133,29 +138,29 @@ def left_red(params, x):
 
 
 @pytest.mark.parametrize("refine_noise", ["attack", "fresh"])
-def test_stop_check_on_the_refined_ce(unet_small, refine_noise):
+def test_stop_check_on_the_refined_ce(ddpm, refine_noise):
   """stop_check="refined": the stop judges the very CE that is returned, whatever the noise, also
   with a partial mask (the original is kept where the filtered sample had regenerated it)."""
-  kw = dict(predictor=(left_red, {"gain": jnp.float32(1.0)}), diffusion=unet_small, schedule=SCHED,
+  kw = dict(predictor=(left_red, {"gain": jnp.float32(1.0)}), diffusion=ddpm, respacing="25",
             tau=2, iterations=15, optimizer="sgd", step_size=100.0, mask_dilation=1, lam=0.0,
             refine_noise=refine_noise)
   x = images(4, seed=1)
   targets = np.array([0.45, 0.5, 0.4, 0.55], np.float32)
   run = dict(key=jax.random.key(0), num_slots=4, steps_per_call=1, progress=False)
-  res = engine.explain(methods.make("acre", stop_check="refined", **kw), x, targets, **run)
+  res = cfjax.explain(methods.make("acre", stop_check="refined", **kw), x, targets, **run)
   assert (res["iterations"] < 15).all(), res["iterations"]
   kept = (res["mask"] == 0).mean(axis=(1, 2))
   assert ((kept > 0.05) & (kept < 0.95)).all(), kept
   np.testing.assert_allclose(res["prediction"], res["pre_prediction"], atol=1e-5)
   assert res["success"].all()
   # Judged on the filtered sample instead, the prediction that stopped the attack is not the CE's.
-  filt = engine.explain(methods.make("acre", stop_check="filter", **kw), x, targets, **run)
+  filt = cfjax.explain(methods.make("acre", stop_check="filter", **kw), x, targets, **run)
   assert np.abs(filt["prediction"] - filt["pre_prediction"]).max() > 1e-4
 
 
-def test_step_compiles_once_and_modes_agree(unet_small):
-  kw = dict(predictor=(red_value, {"gain": jnp.float32(1.0)}), diffusion=unet_small, schedule=SCHED,
-            tau=2, iterations=3)
+def test_step_compiles_once_and_modes_agree(ddpm):
+  kw = dict(predictor=(red_value, {"gain": jnp.float32(1.0)}), diffusion=ddpm, respacing="25",
+            tau=2, iterations=3, step_size=1 / 255, lam=0.001, stop_check="filter")
   unrolled = methods.make("acre", chain_mode="unrolled", **kw)
   rolled = methods.make("acre", chain_mode="rolled", **kw)
   x = jnp.asarray(images(2, seed=2))
@@ -169,13 +174,13 @@ def test_step_compiles_once_and_modes_agree(unet_small):
     for _ in range(2):
       s = step(m.params, s)
     outs.append(s)
-  np.testing.assert_allclose(np.asarray(outs[0].pred), np.asarray(outs[1].pred), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(outs[0].aux["pred"]), np.asarray(outs[1].aux["pred"]), atol=1e-5)
   # sign-PGD: the two modes' gradients agree in sign almost everywhere.
-  assert np.mean(np.asarray(outs[0].x) == np.asarray(outs[1].x)) > 0.99
+  assert np.mean(np.asarray(outs[0].z) == np.asarray(outs[1].z)) > 0.99
 
 
-def test_bad_settings_are_named(unet_small):
-  kw = dict(predictor=(red_value, {"gain": 1.0}), diffusion=unet_small, schedule=SCHED)
+def test_bad_settings_are_named(ddpm):
+  kw = dict(predictor=(red_value, {"gain": 1.0}), diffusion=ddpm, respacing="25")
   with pytest.raises(CfjaxInputError, match=r"tau=30 must be in \[1, 25\]"):
     methods.make("acre", tau=30, **kw)
   with pytest.raises(CfjaxInputError, match="unknown optimizer 'sgn'.*'sign'"):
@@ -221,10 +226,10 @@ def test_ace_results_do_not_depend_on_batching_or_devices(ace):
   """
   x = images(6, seed=4, red=0.42)
   t = np.ones(6, np.int32)
-  a = engine.explain(ace, x, t, key=jax.random.key(7), num_slots=2, devices=jax.local_devices()[:1],
+  a = cfjax.explain(ace, x, t, key=jax.random.key(7), num_slots=2, devices=jax.local_devices()[:1],
                      steps_per_call=1, progress=False)
   order = np.array([3, 0, 5, 1, 4, 2])
-  b = engine.explain(ace, x[order], t[order], ids=order, key=jax.random.key(7), num_slots=4,
+  b = cfjax.explain(ace, x[order], t[order], ids=order, key=jax.random.key(7), num_slots=4,
                      steps_per_call=1, progress=False)
   np.testing.assert_array_equal(a["iterations"], b["iterations"])
   for k in ("pre_explanation", "counterfactual"):

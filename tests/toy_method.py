@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cfjax.methods import Method
+from cfjax.methods.models import TargetSpec, image_validator
 
 
 def countdown(max_steps: int = 50, sleep: float = 0.0) -> Method:
@@ -31,11 +32,15 @@ def countdown(max_steps: int = 50, sleep: float = 0.0) -> Method:
     return s["it"] >= jnp.minimum(s["n"], max_steps)
 
   def result(params, s):
-    return {"x": s["x"], "iterations": s["it"], "trace": s["trace"]}
+    success = s["it"] >= s["n"]
+    return {"x": s["x"], "iterations": s["it"], "trace": s["trace"], "counterfactual": s["x"],
+            "prediction": s["trace"], "success": success, "status": (~success).astype(jnp.int32)}
 
   params = {"scale": jnp.float32(0.01)}
+  # Targets are iteration counts, checked like class indices of an 8-class output.
+  validate = image_validator((8, 8, 3), TargetSpec("classification", (8,), 8))
   return Method(init, step, done, result, params, max_steps, "countdown", {"max_steps": max_steps},
-                "class")
+                validate)
 
 
 if __name__ == "__main__":
@@ -43,7 +48,7 @@ if __name__ == "__main__":
   # optionally slow (the SIGKILL test) or one process of a jax.distributed run on localhost.
   import os
   os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-  from cfjax import engine
+  import cfjax
   out, n = sys.argv[1], int(sys.argv[2])
   if len(sys.argv) > 4:
     pid, nproc, port = (int(a) for a in sys.argv[4:7])
@@ -53,6 +58,6 @@ if __name__ == "__main__":
   x = np.linspace(0, 1, n * 8 * 8 * 3, dtype=np.float32).reshape(n, 8, 8, 3)
   targets = (np.arange(n) % 7 + 1).astype(np.int32)
   m = countdown(sleep=float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)
-  engine.explain(m, x, targets, key=jax.random.key(0), num_slots=4, steps_per_call=1, out_dir=out,
+  cfjax.explain(m, x, targets, key=jax.random.key(0), num_slots=4, steps_per_call=1, out_dir=out,
                  progress=False)
   print("finished", flush=True)

@@ -1,57 +1,78 @@
-"""``cfjax explain``: counterfactuals for a dataset with ACE (classifiers) or AC-RE (regressors).
+"""``cfjax explain``: counterfactuals for a dataset with any registered method.
 
-Writes OUT/grid.png (original | counterfactual | mask | difference), OUT/results.npz (per-image
-arrays), OUT/summary.json (success rate, mean iterations, CE/s, settings) and OUT/run/ (the
-resumable shards: re-running the same command after an interruption continues where it stopped).
+Writes OUT/grid.png (original | counterfactual | mask, where the method makes one | difference),
+OUT/results.npz (per-image arrays), OUT/summary.json (success rate, mean iterations, CE/s,
+settings), OUT/trajectory.png for methods that record a latent path, and OUT/run/ (the resumable
+shards: re-running the same command after an interruption continues where it stopped).
+
+The options after the common ones are the method's own, generated from its declared config:
+``cfjax explain --method NAME --help`` lists them.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+
+from cfjax._validate import CfjaxInputError
+
+MODEL_FLAGS = ("predictor", "diffusion", "generator")
 
 
 def add_parser(sub):
-  p = sub.add_parser("explain", help="explain a dataset with ACE or AC-RE", description=__doc__.splitlines()[0])
-  p.add_argument("--method", required=True, help="ace (classifiers) or acre (regressors)")
-  p.add_argument("--dataset", required=True, help="e.g. squares_grid_lower, shapes, celeb_a")
+  p = sub.add_parser("explain", help="explain a dataset with any method (ace, acre, cf-attack, ...)",
+                     description=__doc__.splitlines()[0], add_help=False, allow_abbrev=False)
+  _common(p)
+  p.set_defaults(func=run, accepts_extra=True)
+
+
+def _common(p):
+  p.add_argument("-h", "--help", action="store_true", help="show this help (with --method: its options)")
+  p.add_argument("--method", help="a registered method: " + ", ".join(_methods()))
+  p.add_argument("--dataset", help="e.g. squares_grid_lower, shapes, mnist, celeb_a")
   p.add_argument("--split", default="test")
   p.add_argument("--limit", type=int, default=None, help="explain the first N images")
   p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=JSON",
                  help="testbed option, e.g. --dataset-option rho=1.0")
-  p.add_argument("--predictor", required=True, help="checkpoint directory or bundled name")
-  p.add_argument("--diffusion", required=True, help="checkpoint directory or bundled name")
+  p.add_argument("--predictor", help="bundled name, checkpoint directory or training run directory")
+  p.add_argument("--diffusion", help="diffusion model (methods that need one): name, checkpoint or run")
+  p.add_argument("--generator", help="generator (latent methods): name, checkpoint or run")
   p.add_argument("--target", default=None,
-                 help="target rule: flip | class:K | next (ace); value:V | shift:D | values:V1,V2 | mirror (acre)")
-  p.add_argument("--respacing", default=None, help="re-spacing of the DDPM (default 50 for 1000 steps, 25 for 500)")
-  p.add_argument("--tau", type=int, default=5)
-  p.add_argument("--iterations", type=int, default=None)
-  p.add_argument("--step-size", type=float, default=None, help="in [0, 1] units, e.g. 0.00784 for 2/255")
-  p.add_argument("--dist", choices=("l1", "l2"), default=None)
-  p.add_argument("--lam", type=float, default=None)
-  p.add_argument("--optimizer", choices=("sign", "sgd", "adam"), default=None)
-  p.add_argument("--early-stop", action="store_true", help="ace: stop an image once its decision is the target")
-  p.add_argument("--tolerance", type=float, default=None, help="acre: early-stop tolerance (default 0.05)")
-  p.add_argument("--margin", type=float, default=None,
-                 help="early-stop margin: ace, on the target's probability lead; acre, stop at "
-                      "|f - target| <= tolerance - margin (default 0)")
-  p.add_argument("--mask-dilation", type=int, default=None)
-  p.add_argument("--chain-mode", choices=("unrolled", "rolled"), default=None)
-  p.add_argument("--refine-noise", choices=("attack", "fresh"), default=None,
-                 help="refinement noise: the attack's last draws (default) or fresh draws (original ACE)")
-  p.add_argument("--stop-check", choices=("filter", "refined"), default=None,
-                 help="early stop judged on the filtered sample (default) or on the refined CE")
+                 help="target rule: flip | class:K | next (classifiers); value:V | shift:D | "
+                      "values:V1,V2 | mirror (regressors); default mirror / flip / next")
   p.add_argument("--num-slots", type=int, default=16)
   p.add_argument("--steps-per-call", type=int, default=2)
   p.add_argument("--result-slots", type=int, default=None,
-                 help="finished CEs refined together (default: --num-slots)")
+                 help="finished CEs whose results are computed together (default: --num-slots)")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", required=True)
+  p.add_argument("--out", help="output directory")
   p.add_argument("--quiet", action="store_true")
-  p.set_defaults(func=run)
+
+
+def _methods():
+  from cfjax.methods import known_methods
+  return known_methods()
+
+
+def method_parser(name: str) -> argparse.ArgumentParser:
+  """The parser of one method's options, generated from its config."""
+  from cfjax.methods import method_spec
+  spec = method_spec(name)
+  p = argparse.ArgumentParser(prog=f"cfjax explain --method {name}", add_help=False, allow_abbrev=False,
+                              description=spec.doc.splitlines()[0] if spec.doc else None)
+  g = p.add_argument_group(f"options of {name} (models: {', '.join(spec.needs)})")
+  for o in spec.options():
+    flag = "--" + o.name.replace("_", "-")
+    kw = {"dest": o.name, "default": argparse.SUPPRESS, "help": f"{o.help} (default {o.default})"}
+    if o.type is bool:
+      g.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+    else:
+      choices = [c for c in o.choices if c is not None] if o.choices else None
+      g.add_argument(flag, type=o.type, choices=choices, **kw)
+  return p
 
 
 def parse_options(items) -> dict:
-  from cfjax._validate import CfjaxInputError
   out = {}
   for item in items:
     k, sep, v = item.partition("=")
@@ -64,24 +85,49 @@ def parse_options(items) -> dict:
   return out
 
 
+def _help(parser_of_common, method):
+  text = parser_of_common.format_help()
+  if method:
+    text += "\n" + method_parser(method).format_help()
+  else:
+    text += "\nmethods: " + ", ".join(_methods()) + " (cfjax explain --method NAME --help lists its options)\n"
+  print(text)
+  return 0
+
+
 def run(args) -> int:
-  from cfjax.engine.job import explain_dataset
-  names = ("dist", "lam", "optimizer", "tolerance", "margin", "mask_dilation", "chain_mode",
-           "refine_noise", "stop_check")
-  opts = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-  if args.early_stop:
-    opts["early_stop"] = True
-  target = args.target or ("mirror" if args.method == "acre" else "flip")
-  summary = explain_dataset(
-      method=args.method, dataset=args.dataset, split=args.split, limit=args.limit,
-      predictor=args.predictor, diffusion=args.diffusion, out_dir=args.out, target=target,
-      respacing=args.respacing, tau=args.tau, iterations=args.iterations, step_size=args.step_size,
-      num_slots=args.num_slots, steps_per_call=args.steps_per_call,
-      result_slots=args.result_slots, seed=args.seed,
-      dataset_options=parse_options(args.dataset_option), method_options=opts,
+  from cfjax.methods import method_spec
+  from cfjax.pipeline.job import ExplainJob, run_job
+  if args.method is not None:
+    method_spec(args.method)  # an unknown name is an error before anything else
+  if args.help:
+    p = argparse.ArgumentParser(prog="cfjax explain", description=__doc__.splitlines()[0], add_help=False,
+                                allow_abbrev=False)
+    _common(p)
+    return _help(p, args.method)
+  missing = [f"--{n}" for n in ("method", "dataset", "predictor", "out") if getattr(args, n) is None]
+  if missing:
+    raise CfjaxInputError(f"cfjax explain needs {', '.join(missing)} (see cfjax explain --help)")
+  mp = method_parser(args.method)
+  try:
+    opts, rest = mp.parse_known_args(args.extra)
+  except SystemExit as e:  # argparse already printed what is wrong with the value
+    raise CfjaxInputError(f"bad option value for method {args.method!r}") from e
+  if rest:
+    raise CfjaxInputError(f"unknown option(s) {' '.join(rest)} for method {args.method!r}; "
+                          f"cfjax explain --method {args.method} --help lists them")
+  job = ExplainJob(
+      method=args.method, dataset=args.dataset, predictor=args.predictor, out_dir=args.out,
+      models={"diffusion": args.diffusion, "generator": args.generator}, method_options=vars(opts),
+      target=args.target, split=args.split, limit=args.limit,
+      dataset_options=parse_options(args.dataset_option), num_slots=args.num_slots,
+      steps_per_call=args.steps_per_call, result_slots=args.result_slots, seed=args.seed,
       progress=not args.quiet)
+  summary = run_job(job)
   print(f"{summary['num_explained']} counterfactuals, {summary['success_rate']:.1%} reach the target, "
         f"mean {summary['mean_iterations']:.1f} iterations")
   print(f"figure:  {summary['figure']}")
+  if "trajectory_figure" in summary:
+    print(f"path:    {summary['trajectory_figure']}")
   print(f"summary: {args.out}/summary.json")
   return 0

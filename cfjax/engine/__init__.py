@@ -1,10 +1,9 @@
-"""Runs any method over a dataset: continuous batching, sharding, resumable output.
+"""Runs any method over examples: continuous batching, compact refills, sharding.
 
 Example:
   >>> from cfjax import engine
-  >>> sorted(n for n in dir(engine) if not n.startswith("_"))[:3]
-  ['Engine', 'ResultWriter', 'explain']
+  >>> sorted(n for n in dir(engine) if not n.startswith("_"))
+  ['Engine', 'iterate_examples', 'runner']
 """
 
-from cfjax.engine.runner import Engine, explain, iterate_examples  # noqa: F401
-from cfjax.engine.writer import ResultWriter, read_results  # noqa: F401
+from cfjax.engine.runner import Engine, iterate_examples  # noqa: F401

@@ -24,27 +24,38 @@ the noise draws of the attack's last evaluation (``"attack"``): where the mask r
 image, the refinement reproduces the sample that was judged, and the original pixels are kept
 outside the mask as before. ``refine_noise="fresh"`` gives the original behaviour.
 
+Defaults. AC-RE's defaults are the settings whose validity the project reports (README,
+``benchmarks/validity.py``): the paper's squares setting (tau 5 of 50 re-spaced steps, step 2/255,
+100 iterations, tolerance 0.05, mask dilation 5), with the early stop judging the refined CE
+(``stop_check="refined"``) and the l1 weight 0.003. ACE's are the original's (tau 5, 50 iterations
+of step 1/255, l1 weight 0.001 per example, no early stop, mask dilation 15).
+
 Example:
-  >>> from cfjax import methods
-  >>> m = methods.make("acre", predictor=reg, diffusion=unet, schedule=sched, tau=5)  # doctest: +SKIP
+  >>> import cfjax
+  >>> acre = cfjax.methods.acre(predictor=cfjax.load_predictor("squares_regressor_rho0"),
+  ...                           diffusion=cfjax.load_diffusion("squares_ddpm"))
+  >>> acre.settings["stop_check"], acre.settings["lam"]
+  ('refined', 0.003)
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cfjax._validate import CfjaxInputError, check_choice
+from cfjax._validate import CfjaxInputError
 from cfjax.diffusion.gaussian import q_sample
 from cfjax.diffusion.samplers import MODES as CHAIN_MODES, ddpm_chain, ddpm_step, run_chain
 from cfjax.diffusion.schedules import Schedule
 from cfjax.methods import objectives as obj
-from cfjax.methods.base import Method, Status, register_method
-from cfjax.methods.optim import make_optimizer
+from cfjax.methods.base import Method, MethodConfig, option, register_method
+from cfjax.methods.models import TargetSpec, as_diffusion, as_predictor, image_validator, output_shape, task_of
+from cfjax.methods.optim import OPTIMIZERS, make_optimizer
+from cfjax.methods.search import Search, init_search, search_step, status
 
 REFINE_NOISE = ("fresh", "attack")
 STOP_CHECKS = ("filter", "refined")
@@ -115,234 +126,172 @@ def repaint(sched: Schedule, model_fn, x, pe, boolmask, tau: int, noise_q, noise
 # The method: pure per-example init / step / done / result.
 # ---------------------------------------------------------------------------------------------
 
-class DiffusionCEState(NamedTuple):
-  """Per-example state of ACE / AC-RE."""
-  x0: jax.Array         # original image, [0, 1], (H, W, C)
-  x: jax.Array          # current pre-explanation
-  target: jax.Array     # class index (int32) or target value (float32)
-  key: jax.Array        # attack key; iteration i uses fold_in(key, i)
-  refine_key: jax.Array
-  eval_key: jax.Array   # key of the last evaluation of F_tau (its noise draws)
-  it: jax.Array         # iterations (updates) applied
-  opt_state: Any
-  pred: jax.Array       # prediction the early stop judged at the last evaluation
-  reached: jax.Array    # the last evaluation met the stopping criterion
-  done: jax.Array
-  nonfinite: jax.Array
+
+@dataclasses.dataclass(frozen=True)
+class AceConfig(MethodConfig):
+  """Options of ACE (classifiers)."""
+
+  needs = ("predictor", "diffusion")
+  tasks = ("classification",)
+
+  tau: int = option(5, "denoising steps of the filter F_tau (ACE: int(0.2 * 25) = 5)")
+  respacing: str | None = option(None, "re-spacing of the DDPM (default 50 steps for 1000, else 25)", type=str)
+  iterations: int = option(50, "PGD iterations (updates) at most")
+  step_size: float = option(1 / 255, "update step in [0, 1] units (2/255 = 0.00784)")
+  optimizer: str = option("sign", "sign (sign-PGD), sgd, adam, or (Python) any optax transformation",
+                          choices=tuple(OPTIMIZERS))
+  dist: str = option("l1", "proximity: l1 (sum |x' - x|) or l2 (Euclidean norm), per example",
+                     choices=obj.DISTANCES, label="distance")
+  lam: float | None = option(None, "proximity weight (default 0.001 for l1, 0.1 for l2)", type=float)
+  early_stop: bool = option(False, "stop an image once its judged prediction meets the target")
+  margin: float = option(0.0, "early-stop margin: p(target) lead (ace) or tolerance - margin (acre)")
+  mask_dilation: int = option(15, "max-pool dilation of the refinement mask (odd)")
+  mask_threshold: float = option(0.15, "threshold of the dilated, normalised change")
+  chain_mode: str = option("unrolled", "unrolled (fast on CPU) or rolled (memory flat in tau)",
+                           choices=CHAIN_MODES, label="chain mode")
+  refine_noise: str = option("attack", "refinement noise: the attack's last draws or fresh (original)",
+                             choices=REFINE_NOISE)
+  stop_check: str = option("filter", "early stop judges the filtered sample or the refined CE",
+                           choices=STOP_CHECKS)
 
 
-def _per_example(apply):
-  return lambda params, x: apply(params, x[None])[0]
+@dataclasses.dataclass(frozen=True)
+class AcreConfig(AceConfig):
+  """Options of AC-RE (regressors); defaults are the settings the project's validity figures use."""
+
+  tasks = ("regression",)
+
+  iterations: int = option(100, "PGD iterations (updates) at most")
+  step_size: float = option(2 / 255, "update step in [0, 1] units (2/255 = 0.00784)")
+  lam: float | None = option(0.003, "proximity weight (0.003 keeps the squares background in place)",
+                             type=float)
+  early_stop: bool = option(True, "stop an image once |f - target| <= tolerance - margin")
+  mask_dilation: int = option(5, "max-pool dilation of the refinement mask (odd)")
+  stop_check: str = option("refined", "early stop judges the refined CE (default) or the filtered sample",
+                           choices=STOP_CHECKS)
+  tolerance: float = option(0.05, "success: |f(x') - target| <= tolerance")
 
 
-def _model_fn(unet_apply, unet_params):
-  # The UNet is a batched NHWC function; one example goes through as a batch of one (under vmap
-  # the batch axis of the vmapped convolution becomes the real batch).
-  return lambda x, t: unet_apply(unet_params, x[None], t[None])[0]
+def _check(cfg: AceConfig, n_steps: int, task: str) -> None:
+  if not 1 <= cfg.tau <= n_steps:
+    raise CfjaxInputError(f"tau={cfg.tau} must be in [1, {n_steps}], the length of the re-spaced chain")
+  if cfg.iterations < 1:
+    raise CfjaxInputError(f"iterations must be >= 1, got {cfg.iterations}")
+  if cfg.mask_dilation < 1 or cfg.mask_dilation % 2 == 0:
+    raise CfjaxInputError(f"mask_dilation must be a positive odd number, got {cfg.mask_dilation}")
+  tolerance = getattr(cfg, "tolerance", 0.05)
+  if task == "regression" and not 0.0 <= cfg.margin < tolerance:
+    raise CfjaxInputError(f"margin={cfg.margin} must be in [0, tolerance={tolerance}) for regression")
 
 
-def _unpack(model, what):
-  if isinstance(model, tuple) and len(model) == 2:
-    return model
-  if hasattr(model, "apply") and hasattr(model, "params"):
-    return model.apply, model.params
-  if hasattr(model, "net"):  # cfjax.nets.Predictor
-    return model.net.apply, model.net.params
-  raise CfjaxInputError(f"{what} must be a cfjax Network/Predictor or an (apply, params) pair")
-
-
-def diffusion_counterfactual(*, predictor, diffusion, schedule: Schedule, task: str, tau: int,
-                             iterations: int, step_size: float, optimizer="sign", dist: str = "l1",
-                             lam: float | None = None, early_stop: bool = False,
-                             margin: float = 0.0, tolerance: float = 0.05, mask_dilation: int = 15,
-                             mask_threshold: float = 0.15, chain_mode: str = "unrolled",
-                             refine_noise: str = "attack", stop_check: str = "filter",
-                             name: str = "ace") -> Method:
-  """The shared engine of ACE (``task="classification"``) and AC-RE (``task="regression"``)."""
-  check_choice("task", task, ("classification", "regression"))
-  check_choice("distance", dist, obj.DISTANCES)
-  check_choice("chain mode", chain_mode, CHAIN_MODES)
-  check_choice("refine_noise", refine_noise, REFINE_NOISE)
-  check_choice("stop_check", stop_check, STOP_CHECKS)
-  if not isinstance(schedule, Schedule):
-    raise CfjaxInputError("schedule must be a cfjax.diffusion.Schedule (make_schedule(...))")
-  n_steps = schedule.num_timesteps
-  if not 1 <= tau <= n_steps:
-    raise CfjaxInputError(f"tau={tau} must be in [1, {n_steps}], the length of the re-spaced chain")
-  if iterations < 1:
-    raise CfjaxInputError(f"iterations must be >= 1, got {iterations}")
-  if mask_dilation < 1 or mask_dilation % 2 == 0:
-    raise CfjaxInputError(f"mask_dilation must be a positive odd number, got {mask_dilation}")
-  if task == "regression" and not 0.0 <= margin < tolerance:
-    raise CfjaxInputError(f"margin={margin} must be in [0, tolerance={tolerance}) for regression")
-  if lam is None:
-    lam = {"l1": 0.001, "l2": 0.1}[dist]
-  f_apply, f_params = _unpack(predictor, "predictor")
-  u_apply, u_params = _unpack(diffusion, "diffusion")
-  f = _per_example(f_apply)
-  # A 6-channel UNet learns its variance (guided-diffusion's learn_sigma); a 3-channel one uses the
-  # posterior variance ("fixed_small", DDPM's sigma_t^2 = beta_tilde_t).
-  unet_config = getattr(diffusion, "config", None) or {}
-  variance = "fixed_small" if unet_config.get("out_channels") == 3 else "learned_range"
-  opt = make_optimizer(optimizer, step_size)
+def diffusion_counterfactual(cfg: AceConfig, *, predictor, diffusion, name: str) -> Method:
+  """The shared builder of ACE and AC-RE (the task is the config's only task)."""
+  (task,) = type(cfg).tasks
+  pred_fn = as_predictor(predictor)
+  task_of(pred_fn, (task,))
+  ddpm = as_diffusion(diffusion)
+  schedule = ddpm.schedule(cfg.respacing)
+  _check(cfg, schedule.num_timesteps, task)
+  tau, dist, chain_mode, variance = cfg.tau, cfg.dist, cfg.chain_mode, ddpm.variance
+  lam = cfg.lam if cfg.lam is not None else {"l1": 0.001, "l2": 0.1}[dist]
+  tolerance, margin = getattr(cfg, "tolerance", 0.05), cfg.margin
+  size = ddpm.image_size or pred_fn.meta.get("image_size")
+  image_shape = (int(size), int(size), 3)
+  spec = TargetSpec.of(task, output_shape(pred_fn, image_shape))
+  u_apply, f = ddpm.net.apply, pred_fn.one
   classification = task == "classification"
-  params = {"predictor": f_params, "unet": u_params, "schedule": schedule}
+  params = {"predictor": pred_fn.params, "unet": ddpm.net.params, "schedule": schedule}
 
   def criterion(pred, target, margin=margin):
     # Early stopping may ask for a margin; success of the final CE is the decision itself
     # (classification) or |f - target| <= tolerance (regression).
     if classification:
       return obj.class_margin(pred, target) > margin
-    return jnp.abs(pred - target) <= tolerance - margin
+    return jnp.all(jnp.abs(pred - target) <= tolerance - margin)
 
   def noises(key, shape):
     kq, ks = jax.random.split(key)
     return jax.random.normal(kq, shape), jax.random.normal(ks, (tau,) + shape)
 
+  def model_fn(p):
+    # The UNet is a batched NHWC function; one example goes through as a batch of one (under vmap
+    # the batch axis of the vmapped convolution becomes the real batch).
+    return lambda x, t: u_apply(p["unet"], x[None], t[None])[0]
+
   def filtered(p, x, key):
     nq, ns = noises(key, x.shape)
-    y = ace_filter(p["schedule"], _model_fn(u_apply, p["unet"]), x * 2 - 1, tau, nq, ns,
-                   mode=chain_mode, variance=variance)
+    y = ace_filter(p["schedule"], model_fn(p), x * 2 - 1, tau, nq, ns, mode=chain_mode, variance=variance)
     return y * 0.5 + 0.5
-
-  def objective(x, p, x0, target, key):
-    pred = f(p["predictor"], filtered(p, x, key))
-    loss = obj.classification_loss(pred, target) if classification else obj.regression_loss(pred, target)
-    return loss + lam * obj.distance(dist, x, x0), pred
-
-  def init(p, x, target, key):
-    k_attack, k_refine = jax.random.split(key)
-    pred = f(p["predictor"], x)
-    return DiffusionCEState(
-        x0=x, x=x, target=target, key=k_attack, refine_key=k_refine,
-        eval_key=jax.random.fold_in(k_attack, 0), it=jnp.int32(0),
-        opt_state=opt.init(x), pred=pred, reached=jnp.bool_(False), done=jnp.bool_(False),
-        nonfinite=jnp.bool_(False))
-
-  def step(p, s: DiffusionCEState) -> DiffusionCEState:
-    key = jax.random.fold_in(s.key, s.it)
-    (loss, pred), g = jax.value_and_grad(objective, has_aux=True)(s.x, p, s.x0, s.target, key)
-    if stop_check == "refined":
-      # Judge the CE that result() would return for this x' (same mask, same noise).
-      pred = f(p["predictor"], refine(p, s.x0, s.x, key, s.refine_key)[0])
-    reached = criterion(pred, s.target)
-    finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(g))
-    updates, opt_state = opt.update(g, s.opt_state, s.x)
-    x_new = jnp.clip(optax.apply_updates(s.x, updates), 0.0, 1.0)
-    # Check before updating: an image that already meets the target stops here.
-    stop_now = (reached & early_stop) | ~finite
-    move = ~s.done & ~stop_now
-    it = s.it + move.astype(jnp.int32)
-    new = DiffusionCEState(
-        x0=s.x0, x=jnp.where(move, x_new, s.x), target=s.target, key=s.key, refine_key=s.refine_key,
-        eval_key=jnp.where(s.done, s.eval_key, key), it=it,
-        opt_state=jax.tree.map(lambda a, b: jnp.where(move, a, b), opt_state, s.opt_state),
-        pred=jnp.where(s.done, s.pred, pred), reached=jnp.where(s.done, s.reached, reached),
-        done=s.done | stop_now | (it >= iterations), nonfinite=s.nonfinite | (~s.done & ~finite))
-    return new
-
-  def done(s: DiffusionCEState):
-    return s.done
 
   def refine(p, x0, pe, eval_key, refine_key):
     # The mask and RePaint; the noise is the evaluation's ("attack") or the image's own ("fresh").
-    _, _, boolmask = generate_mask(x0, pe, mask_dilation, mask_threshold)
+    _, _, boolmask = generate_mask(x0, pe, cfg.mask_dilation, cfg.mask_threshold)
     kn, ko = jax.random.split(refine_key)
-    shape = x0.shape
-    nq, ns = noises(eval_key if refine_noise == "attack" else kn, shape)
-    ce = repaint(p["schedule"], _model_fn(u_apply, p["unet"]), x0, pe, boolmask, tau, nq,
-                 jax.random.normal(ko, (tau,) + shape), ns, mode=chain_mode, variance=variance)
+    nq, ns = noises(eval_key if cfg.refine_noise == "attack" else kn, x0.shape)
+    ce = repaint(p["schedule"], model_fn(p), x0, pe, boolmask, tau, nq,
+                 jax.random.normal(ko, (tau,) + x0.shape), ns, mode=chain_mode, variance=variance)
     return ce, boolmask
 
-  def result(p, s: DiffusionCEState) -> dict:
-    ce, boolmask = refine(p, s.x0, s.x, s.eval_key, s.refine_key)
+  def objective(p, x, ctx, it):
+    key = jax.random.fold_in(ctx["key"], it)
+    pred = f(p["predictor"], filtered(p, x, key))
+    t = ctx["target"]
+    loss = obj.classification_loss(pred, t) if classification else jnp.sum(obj.regression_loss(pred, t))
+    return loss + lam * obj.distance(dist, x, ctx["x0"]), {"pred": pred, "eval_key": key}
+
+  def reached(p, x, ctx, aux):
+    if cfg.stop_check == "refined":
+      # Judge the CE that result() would return for this x' (same mask, same noise).
+      aux = {**aux, "pred": f(p["predictor"], refine(p, ctx["x0"], x, aux["eval_key"], ctx["refine_key"])[0])}
+    return criterion(aux["pred"], ctx["target"]), aux
+
+  search = Search(objective, reached, make_optimizer(cfg.optimizer, cfg.step_size), cfg.iterations,
+                  early_stop=cfg.early_stop, project=lambda x: jnp.clip(x, 0.0, 1.0))
+
+  def init(p, x, target, key):
+    k_attack, k_refine = jax.random.split(key)
+    ctx = {"x0": x, "target": target, "key": k_attack, "refine_key": k_refine}
+    aux = {"pred": f(p["predictor"], x), "eval_key": jax.random.fold_in(k_attack, 0)}
+    return init_search(search, x, ctx, aux=aux)
+
+  def result(p, s) -> dict:
+    ce, boolmask = refine(p, s.ctx["x0"], s.z, s.aux["eval_key"], s.ctx["refine_key"])
     pred = f(p["predictor"], ce)
-    success = criterion(pred, s.target, 0.0) & ~s.nonfinite
-    status = jnp.where(s.nonfinite, Status.NONFINITE,
-                       jnp.where(success, Status.SUCCESS, Status.NOT_REACHED)).astype(jnp.int32)
-    return {"counterfactual": ce, "pre_explanation": s.x, "mask": 1.0 - boolmask,
-            "prediction": pred, "pre_prediction": s.pred, "success": success,
-            "iterations": s.it, "status": status}
+    success = criterion(pred, s.ctx["target"], 0.0) & ~s.nonfinite
+    return {"counterfactual": ce, "pre_explanation": s.z, "mask": 1.0 - boolmask,
+            "prediction": pred, "pre_prediction": s.aux["pred"], "success": success,
+            "iterations": s.it, "status": status(success, s.nonfinite)}
 
-  settings = dict(task=task, tau=tau, iterations=iterations, step_size=step_size,
-                  optimizer=optimizer if isinstance(optimizer, str) else "custom", dist=dist,
-                  lam=lam, early_stop=early_stop, margin=margin, tolerance=tolerance,
-                  mask_dilation=mask_dilation, mask_threshold=mask_threshold,
-                  chain_mode=chain_mode, refine_noise=refine_noise, stop_check=stop_check,
-                  schedule_steps=n_steps, variance=variance)
-  return Method(init=init, step=step, done=done, result=result, params=params,
-                max_steps=iterations, name=name, settings=settings,
-                target_kind="class" if classification else "value")
+  settings = {**cfg.settings(), "task": task, "lam": lam, "tolerance": tolerance,
+              "respacing": ddpm.respacing(cfg.respacing),
+              "schedule_steps": schedule.num_timesteps, "variance": variance}
+  return Method(init=init, step=lambda p, s: search_step(search, p, s), done=lambda s: s.done,
+                result=result, params=params, max_steps=cfg.iterations, name=name,
+                settings=settings, validate=image_validator(image_shape, spec))
 
 
-@register_method("ace")
-def ace(*, predictor, diffusion, schedule: Schedule, tau: int = 5, iterations: int = 50,
-        step_size: float = 1 / 255, optimizer="sign", dist: str = "l1", lam: float | None = None,
-        early_stop: bool = False, margin: float = 0.0, mask_dilation: int = 15,
-        mask_threshold: float = 0.15, chain_mode: str = "unrolled",
-        refine_noise: str = "attack", stop_check: str = "filter") -> Method:
-  """ACE for classifiers: class loss towards a target class, l1/l2 proximity, sign-PGD.
+@register_method("ace", AceConfig)
+def ace(cfg: AceConfig, *, predictor, diffusion) -> Method:
+  """ACE (Jeanneret et al. 2023) for classifiers: class loss towards a target class through the
+  DDPM filter, l1/l2 proximity, sign-PGD, then the mask and RePaint refinement.
 
-  Args:
-    predictor: classifier (a cfjax ``Network``/``Predictor`` or ``(apply, params)``); ``apply``
-      maps (N, H, W, 3) images in [0, 1] to one logit (N,) (binary) or logits (N, K).
-    diffusion: the epsilon-predicting UNet (``apply(params, x, t)``), 6 output channels.
-    schedule: the re-spaced schedule (e.g. ``make_schedule(500, "linear", "25")``).
-    tau: denoising steps of the filter (ACE: ``int(0.2 * 25) = 5``).
-    iterations: PGD iterations (default 50).
-    step_size: update step in [0, 1] units (default 1/255).
-    optimizer: "sign" (sign-PGD, default), "sgd", "adam" or any optax transformation.
-    dist, lam: proximity term ``lam * d(x', x)``, d = "l1" (sum |.|; default lam 0.001) or "l2"
-      (Euclidean norm; default lam 0.1), per example (see the module docstring for the original).
-    early_stop: stop an image once its filtered image's decision is the target with ``margin``
-      (p(target) minus the largest other probability).
-    mask_dilation, mask_threshold: refinement mask (15 and 0.15 at 128 px).
-    chain_mode: "unrolled" (fast on CPU) or "rolled" (memory flat in tau).
-    refine_noise: noise of the refinement: "attack" (default: the draws of the attack's last
-      evaluation of F_tau, so the refinement reproduces the filtered sample the attack judged
-      wherever the mask regenerates the image) or "fresh" (new draws, as the original code; see
-      the module docstring for what that costs in validity).
-    stop_check: what the early stop judges: "filter" (the filtered sample F_tau(x'), as the
-      original) or "refined" (the refined CE that would be returned for x' now: one more
-      refinement, tau UNet passes without gradient, per iteration, about a third more work; the
-      returned CE then meets the stop criterion whenever the attack stopped).
+  ``predictor`` maps (N, H, W, 3) images in [0, 1] to one logit (N,) (binary) or logits (N, K);
+  ``diffusion`` is a :class:`cfjax.DiffusionModel`. The proximity weight is per example (see the
+  module docstring for how it relates to the original's batch-summed distance).
   """
-  return diffusion_counterfactual(
-      predictor=predictor, diffusion=diffusion, schedule=schedule, task="classification", tau=tau,
-      iterations=iterations, step_size=step_size, optimizer=optimizer, dist=dist, lam=lam,
-      early_stop=early_stop, margin=margin, mask_dilation=mask_dilation,
-      mask_threshold=mask_threshold, chain_mode=chain_mode, refine_noise=refine_noise,
-      stop_check=stop_check, name="ace")
+  return diffusion_counterfactual(cfg, predictor=predictor, diffusion=diffusion, name="ace")
 
 
-@register_method("acre")
-def acre(*, predictor, diffusion, schedule: Schedule, tau: int = 5, iterations: int = 200,
-         step_size: float = 1 / 255, optimizer="sign", dist: str = "l1", lam: float | None = None,
-         tolerance: float = 0.05, early_stop: bool = True, margin: float = 0.0, mask_dilation: int = 5,
-         mask_threshold: float = 0.15, chain_mode: str = "unrolled",
-         refine_noise: str = "attack", stop_check: str = "filter") -> Method:
-  """AC-RE for regressors: MSE to a target value, per-image early stop at ``|f - target| <= tolerance``.
+@register_method("acre", AcreConfig)
+def acre(cfg: AcreConfig, *, predictor, diffusion) -> Method:
+  """AC-RE (Ha & Bender 2025) for regressors: MSE to a target value through the DDPM filter,
+  per-image early stop at ``|f - target| <= tolerance - margin``, then ACE's refinement.
 
-  The paper's squares setting: 1000 steps re-spaced to 50, tau = 5, step 2/255, 100 iterations,
-  tolerance 0.05, mask dilation 5, threshold 0.15. The proximity term defaults to ACE's (l1,
-  ``lam = 0.001`` per pixel): with sign-PGD it is what keeps pixels whose loss gradient is weaker
-  than ``lam`` oscillating around the original, so the refinement mask stays on what matters
-  (with ``lam = 0`` every pixel drifts and the mask covers the whole image). Early in an attack
-  the MSE gradient still beats ``lam = 0.001`` on many background pixels, so short attacks leave
-  them moved and the mask covers everything; on the bundled squares models ``lam = 0.003`` keeps
-  the background of the rho = 0 regressor's CEs in place (per-pixel change interior/background
-  42x instead of 2.8x, at 40 instead of 22 iterations; ``benchmarks/validity.py``).
-
-  ``margin`` tightens the early stop to ``|f - target| <= tolerance - margin`` (success stays
-  ``<= tolerance``): the refinement regenerates the masked region with the judged sample's noise
-  (``refine_noise="attack"``) but around the *original* pixels outside the mask, which moves the
-  prediction a little; a margin absorbs that (bundled squares models: 88% -> 100% of 16 grid
-  images with ``margin=0.02``), and ``stop_check="refined"`` removes it (the stop judges the
-  refined CE itself). ``refine_noise`` and ``stop_check`` are described under :func:`ace`.
+  The proximity term (l1, ``lam = 0.003`` per pixel by default): with sign-PGD it is what keeps
+  pixels whose loss gradient is weaker than ``lam`` oscillating around the original, so the
+  refinement mask stays on what matters (with ``lam = 0`` every pixel drifts and the mask covers
+  the whole image). ``stop_check="refined"`` judges the refined CE, so every CE that stopped
+  meets the target; ``margin`` tightens the stop; ``refine_noise`` is described in the module
+  docstring. Targets may be vectors for a multi-output regressor (all outputs within tolerance).
   """
-  return diffusion_counterfactual(
-      predictor=predictor, diffusion=diffusion, schedule=schedule, task="regression", tau=tau,
-      iterations=iterations, step_size=step_size, optimizer=optimizer, dist=dist, lam=lam,
-      early_stop=early_stop, margin=margin, tolerance=tolerance, mask_dilation=mask_dilation,
-      mask_threshold=mask_threshold, chain_mode=chain_mode, refine_noise=refine_noise,
-      stop_check=stop_check, name="acre")
+  return diffusion_counterfactual(cfg, predictor=predictor, diffusion=diffusion, name="acre")

@@ -11,4 +11,5 @@ from cfjax.nets.unet_configs import UNET_CONFIGS, diffusion_settings, unet_confi
 from cfjax.nets import torch_import  # noqa: F401
 from cfjax.nets import registry  # noqa: F401
 from cfjax.nets import predictors  # noqa: F401  (registers "small_cnn", "resnet18", "oracle")
-from cfjax.nets.predictors import Predictor, load_predictor  # noqa: F401
+from cfjax.nets.predictors import Predictor  # noqa: F401
+from cfjax.nets.loading import DiffusionModel, load_diffusion, load_network, load_predictor, resolve_checkpoint  # noqa: F401

@@ -228,27 +228,17 @@ class Predictor:
   def config(self) -> dict:
     return self.net.config
 
+  @property
+  def channels(self) -> int:
+    return int(self.net.config.get("channels", 3))
+
+  @property
+  def task(self) -> str | None:
+    """"regression" or "classification" as recorded at training or conversion (None if unknown)."""
+    return self.meta.get("task")
+
   def __call__(self, images) -> jax.Array:
     from cfjax._validate import check_images
-    x = check_images(images, name="predictor inputs", image_size=self.image_size)
+    x = check_images(images, name="predictor inputs", image_size=self.image_size,
+                     channels=self.channels)
     return self._apply(self.net.params, jnp.asarray(x))
-
-
-def load_predictor(name_or_path) -> Predictor:
-  """Loads a bundled predictor by name (e.g. ``"squares_regressor_rho0"``) or a checkpoint path.
-
-  Example:
-    >>> from cfjax import nets
-    >>> f = nets.load_predictor("squares_regressor_rho0")
-    >>> f.meta["task"]
-    'regression'
-  """
-  from pathlib import Path
-
-  from cfjax import checkpoint
-  from cfjax.assets import model_path
-  p = Path(name_or_path)
-  if not p.exists() and "/" not in str(name_or_path):
-    p = model_path(str(name_or_path))
-  net, meta = checkpoint.load(p)
-  return Predictor(net, meta)

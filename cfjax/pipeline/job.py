@@ -1,20 +1,25 @@
-"""A whole explanation job, as the CLI runs it: models and data in, CEs, a figure and a summary out.
+"""A whole explanation job, as the CLI runs it: models and data in, CEs, figures and a summary out.
 
-Everything is checked before anything compiles (names, image sizes, targets, the run
-directory); the run itself goes through :func:`cfjax.engine.explain` with a resumable writer.
+The job is method-agnostic: the registered method declares the models it needs and its options
+(:class:`cfjax.methods.MethodConfig`), the job loads those models, the data and the targets,
+checks everything before anything compiles, runs :func:`cfjax.explain` with a resumable writer,
+and writes ``results.npz``, ``summary.json``, ``grid.png`` and, for methods that record a
+trajectory, ``trajectory.png``.
 
 Example:
-  >>> from cfjax.engine.job import explain_dataset
-  >>> summary = explain_dataset(method="acre", dataset="squares_grid_lower", limit=8,
-  ...     predictor="squares_regressor_rho0", diffusion="squares_ddpm", target="mirror",
-  ...     out_dir="/tmp/cfjax_job")  # doctest: +SKIP
+  >>> from cfjax.pipeline.job import ExplainJob, run_job
+  >>> summary = run_job(ExplainJob(method="acre", dataset="squares_grid_lower", limit=8,
+  ...     predictor="squares_regressor_rho0", models={"diffusion": "squares_ddpm"},
+  ...     target="mirror", out_dir="/tmp/cfjax_job"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -22,17 +27,34 @@ import numpy as np
 from cfjax._validate import CfjaxInputError, check_images
 
 
-def load_diffusion(name_or_path):
-  """A bundled or converted diffusion checkpoint: ``(Network, meta)`` (meta has the diffusion settings)."""
-  from cfjax import checkpoint
-  from cfjax.assets import model_path
-  p = Path(name_or_path)
-  if not p.exists() and "/" not in str(name_or_path):
-    p = model_path(str(name_or_path))
-  net, meta = checkpoint.load(p, expect={"arch": "adm_unet"})
-  if "diffusion" not in meta:
-    raise CfjaxInputError(f"{p} has no diffusion settings in its metadata (steps, schedule)")
-  return net, meta
+@dataclasses.dataclass(frozen=True)
+class ExplainJob:
+  """Everything that defines an explanation run of a dataset.
+
+  ``models`` names the models other than the predictor that the method needs
+  (``{"diffusion": ...}``, ``{"generator": ...}``): bundled names, checkpoints or run directories.
+  ``subset`` keeps only the listed example ids (after ``limit``). ``target`` is a rule of
+  :func:`cfjax.methods.make_targets` (default: "mirror" for regression, "flip" for a binary
+  classifier, "next" otherwise).
+  """
+
+  method: str
+  dataset: str
+  predictor: str
+  out_dir: str
+  models: dict = dataclasses.field(default_factory=dict)
+  method_options: dict = dataclasses.field(default_factory=dict)
+  target: str | None = None
+  split: str = "test"
+  limit: int | None = None
+  subset: tuple | None = None
+  dataset_options: dict = dataclasses.field(default_factory=dict)
+  num_slots: int = 16
+  steps_per_call: int = 2
+  result_slots: int | None = None
+  seed: int = 0
+  figure_rows: int = 8
+  progress: bool = True
 
 
 def load_images(dataset: str, *, split: str = "test", limit: int | None = None, image_size=None,
@@ -60,104 +82,136 @@ def load_images(dataset: str, *, split: str = "test", limit: int | None = None, 
   return x, y, i
 
 
-def explain_dataset(*, method: str, dataset: str, predictor, diffusion, out_dir, target: str,
-                    split: str = "test", limit: int | None = None, respacing: str | None = None,
-                    tau: int = 5, iterations: int | None = None, step_size: float | None = None,
-                    num_slots: int = 16, steps_per_call: int = 2,
-                    result_slots: int | None = None, seed: int = 0,
-                    dataset_options: dict | None = None, method_options: dict | None = None,
-                    subset=None, figure_rows: int = 8, progress: bool = True) -> dict:
-  """Runs ``method`` on a dataset and writes ``out_dir/{results.npz, summary.json, grid.png}``.
+def load_models(job: ExplainJob):
+  """The predictor and the other models the method declares, checked against what was given."""
+  from cfjax.generators import load_generator
+  from cfjax.methods import method_spec
+  from cfjax.nets.loading import load_diffusion, load_predictor
+  spec = method_spec(job.method)
+  others = [n for n in spec.needs if n != "predictor"]
+  missing = [n for n in others if not job.models.get(n)]
+  if missing:
+    raise CfjaxInputError(f"method {job.method!r} needs --{' --'.join(missing)} "
+                          f"(it takes {', '.join(spec.needs)})")
+  extra = [n for n, v in job.models.items() if v and n not in others]
+  if extra:
+    raise CfjaxInputError(f"method {job.method!r} takes no --{' --'.join(extra)} "
+                          f"(it takes {', '.join(spec.needs)})")
+  loaders = {"diffusion": load_diffusion, "generator": load_generator}
+  models = {n: loaders[n](job.models[n]) for n in others}
+  return spec, load_predictor(job.predictor), models
 
-  Re-running the same call resumes: finished CEs are read back, not recomputed. ``subset``
-  keeps only the listed example ids (after ``limit``).
+
+def default_target(task: str, outputs: np.ndarray) -> str:
+  if task == "regression":
+    return "mirror"
+  return "flip" if np.asarray(outputs).ndim == 1 else "next"
+
+
+def run_job(job: ExplainJob, *, on_result: Callable[[dict], None] | None = None) -> dict:
+  """Runs the job and writes ``out_dir/{results.npz, summary.json, grid.png}``; returns the summary.
+
+  Re-running the same job resumes: finished CEs are read back, not recomputed.
   """
-  from cfjax import methods, nets
-  from cfjax.diffusion import make_schedule
-  from cfjax.engine.runner import explain
-  from cfjax.methods.targets import make_targets
-  from cfjax.viz import ce_grid
-
-  methods_known = methods.known_methods()
-  if method not in methods_known:
-    from cfjax._validate import unknown_name
-    raise unknown_name("method", method, methods_known)
-  pred = nets.load_predictor(predictor)
-  task = pred.meta.get("task", "regression" if method == "acre" else "classification")
-  if (method == "acre") != (task == "regression"):
-    raise CfjaxInputError(f"method {method!r} does not fit a {task} predictor "
-                          f"({'use acre' if task == 'regression' else 'use ace'})")
-  unet, umeta = load_diffusion(diffusion)
-  size = pred.image_size
-  if unet.config.get("image_size") != size:
-    raise CfjaxInputError(f"the predictor takes {size} px images but the diffusion model "
-                          f"{unet.config.get('image_size')} px")
-  steps = int(umeta["diffusion"]["steps"])
-  respacing = respacing or str(50 if steps >= 1000 else 25)
-  sched = make_schedule(steps, umeta["diffusion"].get("schedule", "linear"), respacing)
-  opts = dict(method_options or {})
-  if iterations is not None:
-    opts["iterations"] = iterations
-  if step_size is not None:
-    opts["step_size"] = step_size
-  m = methods.make(method, predictor=pred.net, diffusion=unet, schedule=sched, tau=tau, **opts)
-
-  x, labels, ids = load_images(dataset, split=split, limit=limit, image_size=size,
-                               dataset_options=dataset_options)
-  if subset is not None:
-    keep = np.isin(ids, np.asarray(subset))
-    if not keep.any():
-      raise CfjaxInputError(f"none of the requested ids are in {dataset!r}")
-    x, labels, ids = x[keep], labels[keep], ids[keep]
-  x = check_images(x, name=f"{dataset} images", image_size=size)
-  outputs = np.asarray(pred(x))
   from cfjax import data as data_mod
-  info = data_mod.dataset_info(dataset, **{k: v for k, v in (dataset_options or {}).items()
-                                           if k in ("rho", "image_size", "num_classes")})
-  label_range = tuple(info.get("label_range") or (0.0, 1.0))
-  targets = make_targets(target, task=task, predictions=outputs, labels=labels, label_range=label_range)
+  from cfjax.methods import Status
+  from cfjax.methods.targets import make_targets
+  from cfjax.pipeline.explain import explain
+
+  spec, pred, models = load_models(job)
+  m = spec(predictor=pred, **models, **job.method_options)
+  task = m.settings["task"]
+  size = pred.image_size or _model_image_size(models)
+  x, labels, ids = load_images(job.dataset, split=job.split, limit=job.limit, image_size=size,
+                               dataset_options=job.dataset_options)
+  if job.subset is not None:
+    keep = np.isin(ids, np.asarray(job.subset))
+    if not keep.any():
+      raise CfjaxInputError(f"none of the requested ids are in {job.dataset!r}")
+    x, labels, ids = x[keep], labels[keep], ids[keep]
+  x = check_images(x, name=f"{job.dataset} images", image_size=size, channels=pred.channels)
+  outputs = np.asarray(pred(x))
+  info = data_mod.dataset_info(job.dataset, **{k: v for k, v in job.dataset_options.items()
+                                               if k in ("rho", "image_size", "num_classes")})
+  rule = job.target or default_target(task, outputs)
+  targets = make_targets(rule, task=task, predictions=outputs, labels=labels,
+                         label_range=tuple(info.get("label_range") or (0.0, 1.0)))
   n_t = targets.shape[1]
-  # One job per (image, target): job id = image id * T + j, so keys stay per (image, target).
+  # One explanation per (image, target): job id = image id * T + j, so keys stay per (image, target).
   job_ids = (ids[:, None].astype(np.int64) * n_t + np.arange(n_t)[None]).reshape(-1)
-  job_x = np.repeat(x, n_t, axis=0)
-  job_t = targets.reshape(-1)
-  settings = {"dataset": dataset, "split": split, "limit": limit, "target": target,
-              "predictor": str(predictor), "diffusion": str(diffusion), "respacing": respacing,
-              "seed": seed, "dataset_options": dataset_options or {},
-              "subset": None if subset is None else [int(i) for i in subset]}
-  out_dir = Path(out_dir)
+  job_x, job_t = np.repeat(x, n_t, axis=0), targets.reshape(-1)
+  settings = {"dataset": job.dataset, "split": job.split, "limit": job.limit, "target": rule,
+              "predictor": str(job.predictor), **{k: str(v) for k, v in job.models.items() if v},
+              "seed": job.seed, "dataset_options": job.dataset_options,
+              "subset": None if job.subset is None else [int(i) for i in job.subset]}
+  out_dir = Path(job.out_dir)
   t0 = time.perf_counter()
-  results, stats = explain(m, job_x, job_t, ids=job_ids, key=jax.random.key(seed),
-                           num_slots=num_slots, steps_per_call=steps_per_call,
-                           result_slots=result_slots,
-                           out_dir=out_dir / "run", run_settings=settings, progress=progress,
-                           return_stats=True)
+  results, stats = explain(m, job_x, job_t, ids=job_ids, key=jax.random.key(job.seed),
+                           num_slots=job.num_slots, steps_per_call=job.steps_per_call,
+                           result_slots=job.result_slots, out_dir=out_dir / "run", run_settings=settings,
+                           progress=job.progress, return_stats=True, on_result=on_result)
   wall = time.perf_counter() - t0
   position = {int(j): k for k, j in enumerate(job_ids)}
   order = np.array([position[int(i)] for i in results["id"]], np.int64)  # job index of each result
-  results["image_id"] = ids[order // n_t]
-  results["target"] = job_t[order]
-  results["original"] = job_x[order]
-  results["original_prediction"] = outputs[order // n_t]
-  results["label"] = labels[order // n_t]
+  results.update(image_id=ids[order // n_t], target=job_t[order], original=job_x[order],
+                 original_prediction=outputs[order // n_t], label=labels[order // n_t])
   np.savez_compressed(out_dir / "results.npz", **results)
   success = results["success"].astype(bool)
-  captions = [f"id {int(i)}: {float(np.squeeze(p0)):.2f}->{float(np.squeeze(p1)):.2f} (t {float(t):.2f})"
-              for i, p0, p1, t in zip(results["image_id"], results["original_prediction"],
-                                      results["prediction"], results["target"])]
-  grid = ce_grid(results["original"], results["counterfactual"], results["mask"], out_dir / "grid.png",
-                 captions=captions, max_rows=figure_rows,
-                 title=f"{method} on {dataset}: {success.mean():.0%} reach the target")
+  figures = _figures(job, m, models, results, out_dir, success)
   summary = {
-      "method": method, "settings": m.settings, "run": settings,
+      "method": job.method, "settings": m.settings, "run": settings,
       "num_explained": int(len(success)), "success_rate": float(success.mean()),
       "mean_iterations": float(results["iterations"].mean()),
-      "status_counts": {s.name: int((results["status"] == s).sum()) for s in methods.Status},
+      "status_counts": {s.name: int((results["status"] == s).sum()) for s in Status},
       "ce_per_s_this_session": float(stats["ce_per_s"]) if stats.get("num_done") else None,
       "computed_this_session": int(stats.get("num_done", 0)), "wall_seconds": wall,
       "engine": {k: v for k, v in stats.items() if k != "ce_per_s"},
       "devices": [str(d) for d in jax.local_devices()],
-      "figure": str(grid), "results": str(out_dir / "results.npz"),
+      **figures, "results": str(out_dir / "results.npz"),
   }
   (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
   return summary
+
+
+def _model_image_size(models: dict):
+  for mdl in models.values():
+    shape = getattr(mdl, "image_shape", None)
+    if shape is not None:
+      return int(shape[0])
+    if getattr(mdl, "image_size", None):
+      return int(mdl.image_size)
+  return None
+
+
+STRIP_FRAMES = 6
+
+
+def _figures(job: ExplainJob, method, models: dict, results: dict, out_dir: Path, success) -> dict[str, Any]:
+  """The CE grid (with the mask panel where the method returns one) and the trajectory strip."""
+  from cfjax.viz import ce_grid, trajectory_strip
+
+  def scalar(v):
+    v = np.asarray(v, np.float64).reshape(-1)
+    return float(v[0]) if v.size == 1 else float(v.max())
+
+  captions = [f"id {int(i)}: {scalar(p0):.2f}->{scalar(p1):.2f} (t {scalar(t):.2f})"
+              for i, p0, p1, t in zip(results["image_id"], results["original_prediction"],
+                                      results["prediction"], results["target"])]
+  title = f"{job.method} on {job.dataset}: {success.mean():.0%} reach the target"
+  out = {"figure": ce_grid(results["original"], results["counterfactual"], results.get("mask"),
+                           out_dir / "grid.png", captions=captions, max_rows=job.figure_rows, title=title)}
+  gen = models.get("generator")
+  if gen is not None and "trajectory" in results:
+    n = min(job.figure_rows, len(results["id"]))
+    decode = jax.jit(jax.vmap(lambda z: gen.decode(gen.params, z, jax.random.key(0))))
+    frames = []
+    for r in range(n):  # at most STRIP_FRAMES evenly spaced recorded latents per image
+      steps = np.unique(np.linspace(0, int(results["trajectory_length"][r]) - 1, STRIP_FRAMES).round().astype(int))
+      padded = np.concatenate([steps, np.full(STRIP_FRAMES - len(steps), steps[-1])])
+      frames.append(np.clip(np.asarray(decode(results["trajectory"][r][padded]))[: len(steps)], 0, 1))
+    every = method.settings.get("trajectory_every")
+    out["trajectory_figure"] = trajectory_strip(
+        results["original"][:n], frames, results["counterfactual"][:n], out_dir / "trajectory.png",
+        captions=captions[:n], title=f"{job.method}: the path in latent space (frames every "
+                                     f">= {every} steps)")
+  return out
