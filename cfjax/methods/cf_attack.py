@@ -1,7 +1,8 @@
 """Counterfactual Attacks (Goldwasser & Hooker 2025): an adversarial attack on a generator's latent.
 
 From the code z0 of an image (the generator's ``encode``; the paper's VAE uses the *sampled*
-code) or a given latent, the attack takes optax steps (Adam, lr 0.1 by default) on the
+code) or a given latent, the attack takes optax steps (Adam as torch computes it, lr 0.1 by
+default: :func:`cfjax.methods.optim.torch_adam`) on the
 predictor's objective through ``decode`` and stops per example as soon as the target is reached:
 
 * classification: objective ``-p(target)``, the softmax (or sigmoid, for one logit) probability,
@@ -55,7 +56,8 @@ class CfAttackConfig(MethodConfig):
                             type=str, choices=(None, "classification", "regression"))
   steps: int = option(1000, "optimiser steps at most (the original's max_n_iter)")
   lr: float = option(0.1, "learning rate")
-  optimizer: str = option("adam", "adam (the original), sgd, sign, or (Python) any optax transformation",
+  optimizer: str = option("torch_adam", "torch_adam (the original's Adam, in torch's float order), adam "
+                          "(optax's), sgd, sign, or (Python) any optax transformation",
                           choices=tuple(OPTIMIZERS))
   threshold: float = option(0.5, "classification: stop once p(target) > threshold")
   tolerance: float = option(0.05, "regression: stop once |f - target| <= tolerance")
