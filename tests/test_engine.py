@@ -164,3 +164,48 @@ def test_two_processes_with_jax_distributed_split_the_work(tmp_path, reference):
   res = pipeline.read_results(out)
   np.testing.assert_array_equal(res["id"], np.arange(N))
   np.testing.assert_array_equal(res["x"], reference[0]["x"])
+
+
+def test_only_refilled_slots_are_initialised(method, reference):
+  """Initialisation runs on compact batches of the refilled examples: with one example per init
+  call there is exactly one call per example, and the results are those of any other batching."""
+  res, stats = cfjax.explain(method, X, T, key=jax.random.key(0), num_slots=4, steps_per_call=1,
+                             init_slots=1, devices=jax.local_devices()[:1], progress=False,
+                             return_stats=True)
+  assert stats["init_calls"] == N and stats["init_slots"] == 1
+  np.testing.assert_array_equal(res["x"], reference[0]["x"])
+  res3, stats3 = cfjax.explain(method, X, T, key=jax.random.key(0), num_slots=4, steps_per_call=1,
+                               init_slots=3, devices=jax.local_devices()[:1], progress=False,
+                               return_stats=True)
+  assert stats3["init_calls"] < N
+  np.testing.assert_array_equal(res3["trace"], reference[0]["trace"])
+
+
+def test_results_stream_to_the_callback(tmp_path, method, reference):
+  """Every finished batch reaches on_result once, after it is written; resumed runs stream only
+  what they compute."""
+  seen = []
+  out = tmp_path / "run"
+
+  def on_result(batch):
+    # Written before the callback sees it: the stored shards already hold this batch.
+    assert set(batch["id"].tolist()) <= set(pipeline.read_results(out)["id"].tolist())
+    seen.append(batch)
+
+  res = cfjax.explain(method, X[:6], T[:6], key=jax.random.key(0), num_slots=4, result_slots=2,
+                      out_dir=out, progress=False, on_result=on_result)
+  ids = np.concatenate([b["id"] for b in seen])
+  assert sorted(ids.tolist()) == list(range(6)) and len(seen) == 3
+  stored = pipeline.read_results(out)
+  np.testing.assert_array_equal(stored["id"], ids[np.argsort(ids)])
+  seen.clear()
+  res = cfjax.explain(method, X, T, key=jax.random.key(0), num_slots=4, out_dir=out, progress=False,
+                      on_result=on_result)
+  assert sorted(np.concatenate([b["id"] for b in seen]).tolist()) == list(range(6, N))
+  np.testing.assert_array_equal(res["x"], reference[0]["x"])
+
+
+def test_a_result_without_the_required_keys_is_refused(method):
+  broken = method._replace(result=lambda p, s: {"x": s["x"], "iterations": s["it"]})
+  with pytest.raises(CfjaxInputError, match="breaks the result contract.*counterfactual"):
+    cfjax.explain(broken, X[:2], T[:2], key=jax.random.key(0), progress=False)
