@@ -1,4 +1,4 @@
-"""Flax networks: the ADM UNet, predictors, and importers of PyTorch state dicts.
+"""Flax networks: the ADM UNet, predictors, the Counterfactual Attacks VAE, importers, loaders.
 
 Every network is registered by name in :mod:`cfjax.nets.registry` and used functionally:
 ``net = build(config)`` gives ``net.apply(net.params, ...)``.
@@ -11,5 +11,6 @@ from cfjax.nets.unet_configs import UNET_CONFIGS, diffusion_settings, unet_confi
 from cfjax.nets import torch_import  # noqa: F401
 from cfjax.nets import registry  # noqa: F401
 from cfjax.nets import predictors  # noqa: F401  (registers "small_cnn", "resnet18", "oracle")
+from cfjax.nets import vae  # noqa: F401  (registers "cf_vae", "cf_mnist_cnn")
 from cfjax.nets.predictors import Predictor  # noqa: F401
 from cfjax.nets.loading import DiffusionModel, load_diffusion, load_network, load_predictor, resolve_checkpoint  # noqa: F401
