@@ -23,8 +23,14 @@ from cfjax._validate import CfjaxInputError
 from cfjax.methods.base import REQUIRED_RESULTS, Method
 
 
+_CONTRACT_CHECKED: set = set()
+
+
 def check_result_contract(method: Method, inputs: np.ndarray, targets: np.ndarray) -> None:
   """Checks (by shape evaluation, no compilation) that ``method.result`` returns the required keys."""
+  signature = (method.init, method.result, inputs.shape[1:], targets.shape[1:])
+  if signature in _CONTRACT_CHECKED:
+    return
   state = jax.eval_shape(method.init, method.params, jax.ShapeDtypeStruct(inputs.shape[1:], inputs.dtype),
                          jax.ShapeDtypeStruct(targets.shape[1:], targets.dtype), jax.random.key(0))
   out = jax.eval_shape(method.result, method.params, state)
@@ -32,6 +38,7 @@ def check_result_contract(method: Method, inputs: np.ndarray, targets: np.ndarra
   if missing:
     raise CfjaxInputError(f"method {method.name!r} breaks the result contract: its result lacks "
                           f"{', '.join(missing)} (required: {', '.join(REQUIRED_RESULTS)})")
+  _CONTRACT_CHECKED.add(signature)
 
 
 def _concat(parts: list[dict]) -> dict:
