@@ -25,7 +25,8 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from cfjax._validate import CfjaxInputError, unknown_name
+from cfjax._registry import Registry
+from cfjax._validate import CfjaxInputError
 
 
 class Generator(NamedTuple):
@@ -50,23 +51,16 @@ class Generator(NamedTuple):
     return z.astype(np.float32)
 
 
-_FACTORIES: dict[str, Callable[..., Generator]] = {}
+_FACTORIES = Registry("generator")
 
 
 def register_generator(kind: str):
   """Registers ``factory(net, meta) -> Generator`` for checkpoints whose ``meta["generator"]`` is ``kind``."""
-
-  def deco(factory):
-    if kind in _FACTORIES:
-      raise ValueError(f"generator {kind!r} registered twice")
-    _FACTORIES[kind] = factory
-    return factory
-
-  return deco
+  return _FACTORIES.register(kind)
 
 
 def known_generators() -> list[str]:
-  return sorted(_FACTORIES)
+  return _FACTORIES.names()
 
 
 def load_generator(name_or_path, **options) -> Generator:
@@ -85,6 +79,4 @@ def load_generator(name_or_path, **options) -> Generator:
   kind = meta.get("generator")
   if kind is None:
     raise CfjaxInputError(f"{name_or_path} is not a generator checkpoint (its metadata names no generator)")
-  if kind not in _FACTORIES:
-    raise unknown_name("generator", kind, _FACTORIES)
-  return _FACTORIES[kind](net, {**meta, "source": str(name_or_path)}, **options)
+  return _FACTORIES.get(kind)(net, {**meta, "source": str(name_or_path)}, **options)

@@ -38,6 +38,7 @@ from typing import Any, Callable, ClassVar, NamedTuple
 
 import numpy as np
 
+from cfjax._registry import Registry
 from cfjax._validate import CfjaxInputError, unknown_name
 
 # The result contract: every method's ``result`` returns these keys (per example) ...
@@ -186,29 +187,20 @@ class MethodSpec(NamedTuple):
     return self.build(self.config(**kwargs), **models)
 
 
-_METHODS: dict[str, MethodSpec] = {}
+_METHODS = Registry("method")
 
 
 def register_method(name: str, config: type):
   """Decorator registering ``build(config, **models) -> Method`` under ``name``."""
-
-  def deco(build):
-    if name in _METHODS:
-      raise ValueError(f"method {name!r} registered twice")
-    _METHODS[name] = MethodSpec(name, config, build, (build.__doc__ or "").strip())
-    return build
-
-  return deco
+  return _METHODS.register(name, lambda build: MethodSpec(name, config, build, (build.__doc__ or "").strip()))
 
 
 def known_methods() -> list[str]:
-  return sorted(_METHODS)
+  return _METHODS.names()
 
 
 def method_spec(name: str) -> MethodSpec:
-  if name not in _METHODS:
-    raise unknown_name("method", name, _METHODS)
-  return _METHODS[name]
+  return _METHODS.get(name)
 
 
 def make(name: str, **kwargs) -> Method:

@@ -23,9 +23,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cfjax._validate import CfjaxInputError, unknown_name
+from cfjax._registry import Registry
+from cfjax._validate import CfjaxInputError
 
-_REGISTRY: dict[str, type] = {}
+_REGISTRY = Registry("network architecture")
 
 
 class Network(NamedTuple):
@@ -38,28 +39,18 @@ class Network(NamedTuple):
 
 def register(arch: str):
   """Class decorator: registers an NNX module under ``arch``; its kwargs are the config."""
-
-  def deco(cls):
-    if arch in _REGISTRY:
-      raise ValueError(f"network {arch!r} registered twice")
-    _REGISTRY[arch] = cls
-    return cls
-
-  return deco
+  return _REGISTRY.register(arch)
 
 
 def known_archs() -> list[str]:
-  return sorted(_REGISTRY)
+  return _REGISTRY.names()
 
 
 def _split_config(config: dict) -> tuple[type, dict]:
   if not isinstance(config, dict) or "arch" not in config:
     raise CfjaxInputError(f"a network config must be a dict with an 'arch' entry, got {config!r}")
-  arch = config["arch"]
-  if arch not in _REGISTRY:
-    raise unknown_name("network architecture", arch, _REGISTRY)
   kwargs = {k: v for k, v in config.items() if k != "arch"}
-  return _REGISTRY[arch], kwargs
+  return _REGISTRY.get(config["arch"]), kwargs
 
 
 @functools.lru_cache(maxsize=64)
@@ -80,14 +71,19 @@ def _key(config: dict) -> str:
   return json.dumps(config, sort_keys=True)
 
 
-def make_apply(config: dict) -> Callable[..., Any]:
-  """Pure ``apply(params, *args, **kwargs)`` for a config; params are a pure dict."""
+def make_apply(config: dict, method: str | None = None) -> Callable[..., Any]:
+  """Pure ``apply(params, *args, **kwargs)`` for a config; params are a pure dict.
+
+  ``method`` names another method of the module to call instead of ``__call__`` (e.g. a VAE's
+  ``"encode"`` and ``"decode"``).
+  """
   graphdef, abstract_state = _graph_and_abstract(_key(config))
 
   def apply(params, *args, **kwargs):
     state = jax.tree.map(lambda a: a, abstract_state)  # fresh container, same structure
     nnx.replace_by_pure_dict(state, params)
-    return nnx.merge(graphdef, state)(*args, **kwargs)
+    module = nnx.merge(graphdef, state)
+    return (module if method is None else getattr(module, method))(*args, **kwargs)
 
   return apply
 
