@@ -190,3 +190,15 @@ def test_bad_inputs_are_refused_before_compiling(mnist, digit_attack):
     cfjax.methods.cf_attack(predictor=clf)
   with pytest.raises(CfjaxInputError, match="task is not recorded"):
     cfjax.methods.cf_attack(predictor=clf, generator=gen)
+
+
+def test_max_pool_gradient_goes_to_the_first_tied_maximum():
+  """The classifier's pooling routes the gradient as torch (and reduce_window) do, ties included."""
+  from cfjax.nets.vae import _max_pool2
+  x = jax.random.uniform(jax.random.key(0), (2, 7, 9, 3))
+  x = x.at[0, 0, 0, 0].set(x[0, 0, 1, 0]).at[1, 2, 2, 1].set(x[1, 3, 3, 1])  # exact ties
+  ref = lambda a: jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")  # noqa: E731
+  w = jnp.arange(1.0, 1 + 2 * 3 * 4 * 3).reshape(2, 3, 4, 3)
+  chex.assert_trees_all_equal(_max_pool2(x), ref(x))
+  chex.assert_trees_all_equal(jax.grad(lambda a: (_max_pool2(a) * w).sum())(x),
+                              jax.grad(lambda a: (ref(a) * w).sum())(x))

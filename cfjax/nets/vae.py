@@ -121,9 +121,42 @@ def _leaky(x: jax.Array) -> jax.Array:
   return jax.nn.leaky_relu(x, LEAKY_SLOPE)
 
 
+def _windows2(x: jax.Array) -> jax.Array:
+  """(B, H, W, C) -> (B, H/2, W/2, C, 4): each 2x2 window in row-major order (odd edges dropped)."""
+  b, h, w, c = x.shape
+  h2, w2 = h // 2, w // 2
+  x = x[:, : 2 * h2, : 2 * w2].reshape(b, h2, 2, w2, 2, c)
+  return x.transpose(0, 1, 3, 5, 2, 4).reshape(b, h2, w2, c, 4)
+
+
+@jax.custom_vjp
 def _max_pool2(x: jax.Array) -> jax.Array:
-  # torch's MaxPool2d(2, 2): VALID windows, an odd last row/column is dropped.
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+  """torch's MaxPool2d(2, 2), gradient included.
+
+  A reshape and a max, not ``reduce_window``: XLA:CPU's select-and-scatter gradient of
+  reduce_window took 1.09 ms per 28x28x32 example against 0.25 ms. The gradient goes to the
+  first maximum of each window in row-major order, as torch routes it; a plain max would split
+  it among tied maxima, and the decoder's flat regions make exact ties among positive values
+  (the official attack trajectories then drift apart within 12 steps).
+  """
+  return _windows2(x).max(-1)
+
+
+def _max_pool2_fwd(x):
+  w = _windows2(x)
+  return w.max(-1), (jnp.argmax(w, -1), x.shape)
+
+
+def _max_pool2_bwd(res, g):
+  first, shape = res
+  b, h, w, c = shape
+  h2, w2 = h // 2, w // 2
+  gw = jax.nn.one_hot(first, 4, dtype=g.dtype) * g[..., None]          # (B, h2, w2, C, 4)
+  gx = gw.reshape(b, h2, w2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3).reshape(b, 2 * h2, 2 * w2, c)
+  return (jnp.pad(gx, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0))),)
+
+
+_max_pool2.defvjp(_max_pool2_fwd, _max_pool2_bwd)
 
 
 def _normalize(x: jax.Array) -> jax.Array:
