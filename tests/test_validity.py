@@ -1,6 +1,8 @@
 """Validity on the testbeds with the bundled models (issue thresholds, on small subsets for CI).
 
-The full-grid numbers come from ``benchmarks/validity.py`` (see benchmarks/README.md).
+AC-RE runs with its defaults on held-out grid images (ids 2, 42, ..., 282: none is a multiple of 5,
+the images the defaults were chosen on) with key seed 1 (the defaults were chosen with seed 0).
+The larger held-out figures come from ``benchmarks/validity.py`` (see benchmarks/README.md).
 """
 
 import sys
@@ -18,7 +20,8 @@ from cfjax.diffusion import ddim_invert, ddim_sample_loop
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 from validity import squares_report  # noqa: E402
 
-IDS = np.arange(0, 315, 40)  # 8 lower-grid images spread over positions, colours and backgrounds
+IDS = np.arange(2, 315, 40)  # 8 held-out lower-grid images spread over positions, colours and backgrounds
+KEY = jax.random.key(1)  # the explain key; per-example keys fold in the grid id, as in benchmarks/validity.py
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +37,16 @@ def grids():
 def _acre(name, squares_ddpm, grids):
   f = cfjax.load_predictor(name)
   # AC-RE's defaults: the paper's squares setting, with the early stop judging the refined CE and
-  # the l1 weight 0.003 (0.001 lets the background drift in short attacks: benchmarks/validity.py).
+  # the l1 weight 0.003.
   m = cfjax.methods.acre(predictor=f, diffusion=squares_ddpm)
   lower, upper = grids
   x = lower["image"][IDS]
   p0 = np.asarray(f(x))
   t = methods.make_targets("mirror", task="regression", predictions=p0, labels=lower["label"][IDS])[:, 0]
-  res = cfjax.explain(m, x, t, key=jax.random.key(0), num_slots=8, steps_per_call=2, progress=False)
+  res = cfjax.explain(m, x, t, key=KEY, ids=IDS, num_slots=8, steps_per_call=2, progress=False)
   res.update(image_id=IDS, original=x, target=t)
   report = squares_report(res, lower, upper)
-  report.update(pre_reached=float(np.mean(np.abs(res["pre_prediction"] - t) <= 0.05)),
+  report.update(pre_reached=float(np.mean(np.abs(res["pre_prediction"] - t) <= m.settings["tolerance"])),
                 original_error=float(np.abs(p0 - t).mean()))
   return report
 
@@ -62,9 +65,9 @@ def test_acre_reaches_the_mirror_target(acre_rho0):
 
 
 def test_acre_change_is_concentrated_in_the_square(acre_rho0):
-  # Per pixel, the interior (16 of 1024 pixels) changes far more than the background (measured
-  # 43.5 vs 1.0 /255 on 16 grid images), and the CE lands near its ideal counterfactual (the upper
-  # twin): interior red 30 /255 away instead of the original's 124.
+  # Per pixel, the interior (16 of 1024 pixels) changes far more than the background (43.9 vs 1.15
+  # /255 on the 32 held-out grid images of benchmarks/validity.py with seed 1), and the CE lands near
+  # its ideal counterfactual (the upper twin): interior red 28 /255 away instead of the original's 125.
   assert acre_rho0["inside_over_background"] > 10, acre_rho0
   assert acre_rho0["interior_red_distance_to_ideal_255"] < 0.5 * acre_rho0["interior_red_original_to_ideal_255"]
 
@@ -75,10 +78,10 @@ def acre_rho1(squares_ddpm, grids):
 
 
 def test_acre_exposes_the_background_shortcut(acre_rho0, acre_rho1):
-  """The regressor that reads the background (rho = 1) gets CEs that change the background (measured
-  on 16 grid images: 15.9 /255 per pixel against 1.0 for rho = 0; inside/background 1.6 vs 42) and
-  move the interior colour less towards the ideal: part of the target is reached through the
-  background."""
+  """The regressor that reads the background (rho = 1) gets CEs that change the background (on the
+  32 held-out grid images with seed 1: 17.0 /255 per pixel against 1.15 for rho = 0; inside/background
+  1.4 vs 38) and move the interior colour less towards the ideal: part of the target is reached
+  through the background."""
   assert acre_rho1["success_rate"] >= 0.75, acre_rho1
   assert acre_rho1["mean_change_background_255"] > 5 * acre_rho0["mean_change_background_255"]
   assert acre_rho1["inside_over_background"] < 0.25 * acre_rho0["inside_over_background"]
