@@ -6,8 +6,8 @@ numbers as JSON (interior red change, background change, border change, fraction
 interior colour moves by less than 16/255, and the noise-resampling floor for scale).
 
 Usage:
-  python benchmarks/squares_filter_quality.py --model cfjax/assets/models/squares_ddpm/model \\
-      --out /tmp/filter_quality.json [--tau 5] [--respacing 50] [--limit N]
+  python benchmarks/squares_filter_quality.py [--model squares_ddpm] --out /tmp/filter_quality.json \\
+      [--tau 5] [--respacing 50] [--limit N]
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--model", required=True, help="cfjax checkpoint of a squares DDPM")
+  p.add_argument("--model", default="squares_ddpm",
+                 help="squares DDPM: bundled name, checkpoint or training run directory")
   p.add_argument("--out", default=None, help="JSON file to write (default: print only)")
   p.add_argument("--tau", type=int, nargs="+", default=[5], help="one or more tau values")
   p.add_argument("--respacing", default="50")
@@ -28,15 +29,15 @@ def main(argv=None) -> dict:
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
 
-  from cfjax import checkpoint
+  import cfjax
   from cfjax.training.diffusion import squares_filter_quality
-  net, meta = checkpoint.load(args.model, expect={"arch": "adm_unet"})
-  diff = meta.get("diffusion", {"steps": 1000, "schedule": "linear"})
+  ddpm = cfjax.load_diffusion(args.model)
+  net = ddpm.net
   results = {"model": str(args.model), "runs": []}
   for tau in args.tau:
     t0 = time.time()
-    res = squares_filter_quality(net.apply, net.params, diffusion_steps=diff["steps"],
-                                 schedule=diff["schedule"], respacing=args.respacing, tau=tau,
+    res = squares_filter_quality(net.apply, net.params, diffusion_steps=ddpm.steps,
+                                 schedule=ddpm.beta_schedule, respacing=args.respacing, tau=tau,
                                  image_size=net.config["image_size"], limit=args.limit,
                                  seed=args.seed)
     res["seconds"] = round(time.time() - t0, 1)
