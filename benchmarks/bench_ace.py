@@ -70,10 +70,11 @@ def shapes_data(n: int, size: int, predictor=None):
 
 
 def ace_method(predictor, unet, *, tau: int, iterations: int, early_stop=False, chain_mode="unrolled"):
-  from cfjax import methods
-  from cfjax.diffusion import make_schedule
-  return methods.make("ace", predictor=predictor, diffusion=unet, schedule=make_schedule(500, "linear", "25"),
-                      tau=tau, iterations=iterations, early_stop=early_stop, chain_mode=chain_mode)
+  """ACE with a UNet network taken as a 500-step linear DDPM re-spaced to 25 steps."""
+  import cfjax
+  return cfjax.methods.ace(predictor=predictor, diffusion=cfjax.DiffusionModel(unet, 500, "linear"),
+                           respacing="25", tau=tau, iterations=iterations, early_stop=early_stop,
+                           chain_mode=chain_mode)
 
 
 def device_sets(slots: int, one_device_max: int) -> list[int]:
@@ -193,23 +194,21 @@ def compare_batching(name: str, m, x, t, slots: int) -> dict:
 
 
 def batching(st: dict, args, predictor, unet) -> list[dict]:
-  from cfjax import data, methods, nets
-  from cfjax.diffusion import make_schedule
+  import cfjax
+  from cfjax import data
   from cfjax.methods.targets import make_targets
   n, s = st["batch_n"], st["batch_slots"]
-  reg = nets.load_predictor("squares_regressor_rho0")
+  reg = cfjax.load_predictor("squares_regressor_rho0")
   if args.acre_diffusion:
-    from cfjax.engine.job import load_diffusion
-    acre_unet, meta = load_diffusion(args.acre_diffusion)
-    sched = make_schedule(int(meta["diffusion"]["steps"]), meta["diffusion"].get("schedule", "linear"), "50")
-    origin = (f"{args.acre_diffusion} ({meta.get('train_steps')} training steps; "
-              f"{meta['diffusion']['steps']} steps re-spaced to 50)")
+    ddpm = cfjax.load_diffusion(args.acre_diffusion)
+    origin = (f"{args.acre_diffusion} ({ddpm.meta.get('train_steps')} training steps; "
+              f"{ddpm.steps} steps re-spaced to {ddpm.respacing()})")
   else:
-    acre_unet, sched, origin = unet, make_schedule(500, "linear", "25"), "fixture model_small.npz (500 -> 25)"
+    ddpm, origin = cfjax.DiffusionModel(unet, 500, "linear"), "fixture model_small.npz (500 -> 25)"
   d = data.squares(n, image_size=32, split="test")
   tgt = make_targets("mirror", task="regression", predictions=d["label"], labels=d["label"])[:, 0]
-  acre = methods.make("acre", predictor=reg, diffusion=acre_unet, schedule=sched, tau=st["tau"],
-                      iterations=st["acre_iters"], step_size=2 / 255)
+  acre = cfjax.methods.acre(predictor=reg, diffusion=ddpm, tau=st["tau"], iterations=st["acre_iters"],
+                            step_size=2 / 255)
   rows = [compare_batching("acre_squares", acre, d["image"], tgt, s)]
   rows[-1]["diffusion"] = origin
   x, t = shapes_data(n, 32, predictor)
@@ -226,18 +225,15 @@ def trained_ace(st: dict, args, predictor, x, t, slots: int) -> dict:
   the fixed work of the original (every image runs all iterations) against early stop with
   continuous batching, on the same engine settings; ``ratio`` is the CE/s gain at the flip rates
   reported next to it."""
-  from cfjax import methods
-  from cfjax.diffusion import make_schedule
+  import cfjax
   from cfjax.engine import Engine
-  from cfjax.engine.job import load_diffusion
-  ddpm, meta = load_diffusion(args.ace_diffusion)
-  sched = make_schedule(int(meta["diffusion"]["steps"]), meta["diffusion"].get("schedule", "linear"), "50")
+  ddpm = cfjax.load_diffusion(args.ace_diffusion)
   out = {"case": "ace_shapes_trained", "images": len(x), "slots": slots,
-         "diffusion": f"{args.ace_diffusion} ({meta['diffusion']['steps']} steps re-spaced to 50)",
+         "diffusion": f"{args.ace_diffusion} ({ddpm.steps} steps re-spaced to 50)",
          "devices": len(jax.devices())}
   for mode, early in (("fixed_work", False), ("early_stop_continuous", True)):
-    m = methods.make("ace", predictor=predictor, diffusion=ddpm, schedule=sched, tau=st["tau"],
-                     iterations=st["ace_es_iters"], step_size=2 / 255, mask_dilation=5, early_stop=early)
+    m = cfjax.methods.ace(predictor=predictor, diffusion=ddpm, respacing="50", tau=st["tau"],
+                          iterations=st["ace_es_iters"], step_size=2 / 255, mask_dilation=5, early_stop=early)
     eng = Engine(m, num_slots=slots, steps_per_call=1)
     ph = common.engine_phases(eng, x[:slots], t[:slots], KEY, calls=1)  # compiles (not timed below)
     r = out[mode] = {"settings": m.settings, "compile_s": ph["compile_s"],
@@ -420,7 +416,7 @@ def main(argv=None) -> dict:
                  help="re-measure only --sections and replace them in the existing JSON (the old values "
                       "are kept under 'replaced'; --note says why)")
   args = p.parse_args(argv)
-  from cfjax import nets
+  import cfjax
   st = settings(args.quick, args)
   json_path, png_path = common.output_paths("bench_ace", args.quick, args.out_dir, args.tag)
   t_start = time.perf_counter()
@@ -430,7 +426,7 @@ def main(argv=None) -> dict:
   monitor = common.LoadMonitor().start()
   common.log(f"load: {res['load_start']['loadavg_1_5_15']}, trainings {res['load_start']['ddpm_trainings_running']}")
   res["matmul"] = common.matmul_flops(1024 if args.quick else 2048, repeats=3 if args.quick else 5)
-  predictor = nets.load_predictor("shapes_classifier")
+  predictor = cfjax.load_predictor("shapes_classifier")
   unet, origin = common.unet("small32", fixture=Path(args.fixture))
   res["models"] = {"small32_unet": origin, "classifier": "bundled shapes_classifier (small_cnn, 32 px)"}
   runners = {"fixed": ("fixed iterations (small32)", lambda: fixed(st, predictor, unet, res["matmul"])),

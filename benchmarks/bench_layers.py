@@ -1,7 +1,7 @@
 """UNet layer implementations side by side: the earlier GroupNorm and attention against cfjax's.
 
-Session 4 replaced two layers of the ADM UNet (``cfjax/nets/layers.py``, used by
-``cfjax/nets/unet.py``) after an op-level profile of the ACE iteration on XLA:CPU:
+Two layers of the ADM UNet (``cfjax/nets/layers.py``, used by ``cfjax/nets/unet.py``) are
+written for XLA:CPU, after an op-level profile of the ACE iteration:
 
 * GroupNorm: ``nnx.GroupNorm`` reshapes activations to (..., groups, channels per group), whose
   minor dimension of 1-2 channels XLA:CPU vectorises poorly; :func:`cfjax.nets.layers.group_norm`
@@ -46,13 +46,13 @@ VARIANTS = {"earlier": ("nnx", "autodiff"), "group_norm": ("cfjax", "autodiff"),
 
 
 def _attention_autodiff(q, k, v):
-  """The attention core before session 4 (autodiff gradient)."""
+  """The earlier attention core (autodiff gradient)."""
   w = jax.nn.softmax(jnp.einsum("bhtc,bhsc->bhts", q, k).astype(jnp.float32), axis=-1)
   return jnp.einsum("bhts,bhsc->bhtc", w.astype(v.dtype), v)
 
 
 def _group_norm_nnx(self, x, emb_scale=None, emb_shift=None):
-  """GroupNorm32 before session 4: ``nnx.GroupNorm`` then the scale-shift."""
+  """The earlier GroupNorm32: ``nnx.GroupNorm`` then the scale-shift."""
   y = self.norm(x.astype(jnp.float32))
   if emb_scale is not None:
     y = y * (1 + emb_scale[:, None, None].astype(jnp.float32)) + emb_shift[:, None, None].astype(jnp.float32)
@@ -84,8 +84,7 @@ def ace_programs(names, slots: int, devices: int, predictor, net, tau: int):
     with variant(name):
       eng = Engine(bench_ace.ace_method(predictor, net, tau=tau, iterations=50), num_slots=slots,
                    steps_per_call=1, devices=jax.devices()[:devices])
-      xs, ts, ids, mask, old = common.filled_slots(eng, x, t, jax.random.key(0))
-      state = eng._init(eng.params, xs, ts, ids, jax.random.key(0), mask, old)
+      state, mask = common.filled_slots(eng, x, t, jax.random.key(0))
       t0 = time.perf_counter()
       compiled = eng._advance.lower(eng.params, state, mask).compile()
       compile_s = time.perf_counter() - t0
@@ -100,7 +99,7 @@ def time_alternating(progs: dict, repeats: int) -> dict:
   for name, p in progs.items():
     state, _ = common.block(p["run"](p["params"], p["state"], p["mask"]))
     first[name] = [np.asarray(a) for a in jax.tree.leaves(state)  # copies: the state is donated below
-                   if jnp.issubdtype(a.dtype, jnp.floating)]
+                   if jnp.issubdtype(a.dtype, jnp.floating) and a.size]
     p["state"] = state
   times = {name: [] for name in progs}
   for _ in range(repeats):
@@ -172,10 +171,10 @@ def main(argv=None) -> dict:
   p.add_argument("--tag", default="")
   p.add_argument("--note", default="")
   args = p.parse_args(argv)
-  from cfjax import nets
+  import cfjax
   json_path, png_path = common.output_paths("bench_layers", args.quick, args.out_dir, args.tag)
   t_start = time.perf_counter()
-  predictor = nets.load_predictor("shapes_classifier")
+  predictor = cfjax.load_predictor("shapes_classifier")
   net, _ = common.unet("small32", fixture=common.FIXTURE_UNET)
   tau, repeats = (1, 2) if args.quick else (5, args.repeats)
   cases = [(2, 1, list(VARIANTS)), (2, 2, ["earlier", "current"])] if args.quick else \

@@ -287,31 +287,40 @@ def log(msg: str) -> None:
 # benchmark measures exactly what Engine.run calls, phase by phase).
 # ---------------------------------------------------------------------------------------------
 
-def filled_slots(eng, images: np.ndarray, targets: np.ndarray, key) -> tuple:
-  """Every slot filled (images repeated if fewer): the init program's arguments ``(x, t, ids,
-  mask, old)`` on the engine's devices, for calling its programs one by one."""
-  s = eng.num_slots
-  idx = np.arange(s) % len(images)
-  x = eng._put(np.asarray(images, np.float32)[idx])
-  t = eng._put(np.asarray(targets)[idx])
-  ids = eng._put(np.arange(s, dtype=np.uint32))
-  mask = eng._put(np.ones(s, bool))
-  return x, t, ids, mask, eng._empty(eng.params, x, t, ids, key)
+def init_chunks(eng, images: np.ndarray, targets: np.ndarray) -> list[tuple]:
+  """The init program's per-call arguments ``(x, t, ids, pos)`` that fill every slot (images
+  repeated if fewer), in the engine's compact batches of ``init_slots`` (pos == num_slots: padding)."""
+  s, n = eng.num_slots, eng.init_slots
+  x, t = np.asarray(images, np.float32), np.asarray(targets)
+  return [tuple(eng._put(a) for a in (x[r % len(x)], t[r % len(t)], r.astype(np.uint32),
+                                      np.where(r < s, r, s).astype(np.int32)))
+          for r in np.arange(-(-s // n) * n).reshape(-1, n)]
+
+
+def filled_slots(eng, images: np.ndarray, targets: np.ndarray, key, chunks=None) -> tuple:
+  """``(states, mask)``: every slot initialised by the engine's init program, one call per chunk
+  of :func:`init_chunks`, and the all-active mask of its advance program."""
+  states = eng._zeros(eng.num_slots, np.asarray(images[0], np.float32), np.asarray(targets[0]))
+  for chunk in chunks or init_chunks(eng, images, targets):
+    states = eng._init(eng.params, states, *chunk, key)
+  return states, eng._put(np.ones(eng.num_slots, bool))
 
 
 def engine_phases(eng, images: np.ndarray, targets: np.ndarray, key, *, calls: int,
                   result: bool = True) -> dict:
   """Compiles the engine's programs (AOT, for seconds/FLOPs/memory), then times them warm.
 
-  All slots are filled (images repeated if fewer). Returns compile stats per program, seconds of
-  init, of each of ``calls`` advance calls after one warm-up call, and of one result call
-  (``result=False`` skips compiling and timing the result program).
+  All slots are filled (images repeated if fewer). Returns compile stats per program (init: one
+  compact batch of ``init_slots``), seconds of the init calls that fill every slot, of each of
+  ``calls`` advance calls after one warm-up call, and of one result call (``result=False`` skips
+  compiling and timing the result program).
   """
-  x, t, ids, mask, old = filled_slots(eng, images, targets, key)
   p = eng.params
-  out: dict[str, Any] = {"num_slots": eng.num_slots, "steps_per_call": eng.steps_per_call}
-  _, out["compile_init"] = compile_stats(eng._init, p, x, t, ids, key, mask, old)
-  states = block(eng._init(p, x, t, ids, key, mask, old))
+  chunks = init_chunks(eng, images, targets)
+  out: dict[str, Any] = {"num_slots": eng.num_slots, "steps_per_call": eng.steps_per_call,
+                         "init_slots": eng.init_slots, "init_calls": len(chunks)}
+  states, mask = filled_slots(eng, images, targets, key, chunks)
+  _, out["compile_init"] = compile_stats(eng._init, p, states, *chunks[0], key)
   _, out["compile_advance"] = compile_stats(eng._advance, p, states, mask)
   programs = ["compile_init", "compile_advance"]
   if result:
@@ -319,9 +328,11 @@ def engine_phases(eng, images: np.ndarray, targets: np.ndarray, key, *, calls: i
     programs.append("compile_result")
   out["compile_s"] = sum(out[k]["lower_s"] + out[k]["compile_s"] for k in programs)
   # The jitted programs now hit the in-memory compilation cache; the first calls are warm-ups.
-  old = eng._empty(p, x, t, ids, key)
+  states = block(eng._zeros(eng.num_slots, np.asarray(images[0], np.float32), np.asarray(targets[0])))
   t0 = time.perf_counter()
-  states = block(eng._init(p, x, t, ids, key, mask, old))
+  for chunk in chunks:
+    states = eng._init(p, states, *chunk, key)
+  block(states)
   out["init_s"] = time.perf_counter() - t0
   states, _ = block(eng._advance(p, states, mask))
   times = []
