@@ -12,7 +12,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-_CACHE = Path(__file__).resolve().parent.parent / ".jax_cache"
+# Outside the checkout, shared by every test process and every run (override with CFJAX_JAX_CACHE).
+_CACHE = Path(os.environ.get("CFJAX_JAX_CACHE", Path.home() / ".cache" / "cfjax" / "jax_compilation"))
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -132,3 +132,38 @@ def test_eps_xstart_roundtrip_and_posterior():
   # p_mean_variance with an oracle epsilon model reproduces the true posterior (clip off).
   out = dd.p_mean_variance(s, lambda x, tm: eps, xt, t, clip_denoised=False, variance="fixed_small")
   np.testing.assert_allclose(out.mean, mean, atol=2e-4)
+
+
+def _bin_probability_f64(x, mean, log_scale):
+  """The tanh-approximated bin probability of an interior pixel, in float64."""
+  def cdf(v):
+    return 0.5 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (v + 0.044715 * v ** 3)))
+  inv = np.exp(-log_scale)
+  return cdf(inv * (x - mean + 1 / 255)) - cdf(inv * (x - mean - 1 / 255))
+
+
+@pytest.mark.parametrize("mean", [0.052, 0.053, -0.053])
+def test_discretized_log_likelihood_keeps_tail_bins(mean):
+  """A bin of probability about 1e-7 (z near -5 / +5), where 0.5 * (1 + tanh) in float32 is off by a
+  whole rounding step of tanh near -1 and is exactly 0 past |z| = 7.9, against float64."""
+  from cfjax.diffusion.losses import discretized_gaussian_log_likelihood
+  x, log_scale = 0.0, -np.log(100.0)
+  ref = np.log(_bin_probability_f64(x, mean, log_scale))
+  assert -20 < ref < -13  # a bin probability between 2e-9 and 2e-6
+  got = discretized_gaussian_log_likelihood(jnp.float32(x), means=jnp.float32(mean),
+                                            log_scales=jnp.float32(log_scale))
+  np.testing.assert_allclose(float(got), ref, atol=2e-3)
+
+
+def test_discretized_log_likelihood_edge_bins_in_the_tail():
+  """The edge bins take the whole tail: log P(x <= -1 + 1/255) and log P(x >= 1 - 1/255) far out."""
+  from cfjax.diffusion.losses import discretized_gaussian_log_likelihood
+  def cdf(v):
+    return 0.5 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (v + 0.044715 * v ** 3)))
+  log_scale = np.log(0.1)
+  lo = discretized_gaussian_log_likelihood(jnp.float32(-1.0), means=jnp.float32(-0.45),
+                                           log_scales=jnp.float32(log_scale))
+  hi = discretized_gaussian_log_likelihood(jnp.float32(1.0), means=jnp.float32(0.45),
+                                           log_scales=jnp.float32(log_scale))
+  ref = np.log(cdf((-1.0 + 0.45 + 1 / 255) / 0.1))
+  np.testing.assert_allclose([float(lo), float(hi)], [ref, ref], rtol=1e-4)

@@ -32,9 +32,27 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
                 + ((mean1 - mean2) ** 2) * jnp.exp(-logvar2))
 
 
+def _cdf_argument(x):
+  return math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)
+
+
 def approx_standard_normal_cdf(x):
-  """The tanh approximation of the standard normal CDF used by guided-diffusion."""
-  return 0.5 * (1.0 + jnp.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+  """guided-diffusion's tanh approximation of the standard normal CDF, ``0.5 * (1 + tanh(u))``.
+
+  Computed as the identical ``sigmoid(2u)``: the tanh form rounds to exactly 0 in float32 once
+  ``x`` is below about -7.9, where the sigmoid keeps tail probabilities down to 1e-38.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(approx_standard_normal_cdf(jnp.float32(-8.0))) > 0
+    True
+  """
+  return jax.nn.sigmoid(2.0 * _cdf_argument(x))
+
+
+def _approx_standard_normal_sf(x):
+  """``1 - approx_standard_normal_cdf(x)`` without cancellation (the CDF is odd around 1/2)."""
+  return jax.nn.sigmoid(-2.0 * _cdf_argument(x))
 
 
 def discretized_gaussian_log_likelihood(x, *, means, log_scales):
@@ -51,11 +69,16 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales):
   """
   centered = x - means
   inv_stdv = jnp.exp(-log_scales)
-  cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
-  cdf_min = approx_standard_normal_cdf(inv_stdv * (centered - 1.0 / 255.0))
+  z_plus = inv_stdv * (centered + 1.0 / 255.0)
+  z_min = inv_stdv * (centered - 1.0 / 255.0)
+  cdf_plus = approx_standard_normal_cdf(z_plus)
+  sf_min = _approx_standard_normal_sf(z_min)
+  # a bin above the mean as a difference of upper tails, so that neither side cancels near 1
+  delta = jnp.where(z_min > 0, sf_min - _approx_standard_normal_sf(z_plus),
+                    cdf_plus - approx_standard_normal_cdf(z_min))
   log_cdf_plus = jnp.log(jnp.maximum(cdf_plus, 1e-12))
-  log_one_minus_cdf_min = jnp.log(jnp.maximum(1.0 - cdf_min, 1e-12))
-  log_cdf_delta = jnp.log(jnp.maximum(cdf_plus - cdf_min, 1e-12))
+  log_one_minus_cdf_min = jnp.log(jnp.maximum(sf_min, 1e-12))
+  log_cdf_delta = jnp.log(jnp.maximum(delta, 1e-12))
   return jnp.where(x < -0.999, log_cdf_plus,
                    jnp.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
 
