@@ -35,9 +35,41 @@ def nhwc(x):
   return np.moveaxis(np.asarray(x), 1, -1)
 
 
+# Free-running trajectories agree to float32 rounding until a path passes within rounding of a
+# ReLU / max-pool kink of the classifier, and where that happens depends on the CPU's rounding
+# (measured on one machine: run 1's 9th latent differs from torch's by 7e-6, which moves the
+# gradient there by 1e-4, and the remaining Adam steps carry that to 1.6e-2; run 3 passes a kink
+# at its 12th evaluation and ends 1.6e-3 away; the stop iteration is the same in both). Step by
+# step the loop is exact: see test_each_official_step_is_reproduced.
+LATENT_ATOL = {0: 1e-4, 1: 3e-2, 2: 1e-4, 3: 5e-3}
+IMAGE_ATOL = {0: 3e-5, 1: 5e-2, 2: 3e-5, 3: 1e-2}
+
+
+@pytest.mark.parametrize("run", [0, 1, 2, 3])
+def test_each_official_step_is_reproduced(mnist, attack_runs, run):
+  """Teacher-forced: from each of torch's latents, cfjax's objective gives torch's gradient and
+  cfjax's optimiser (torch_adam through optax) the next latent torch evaluated."""
+  from cfjax.methods.optim import make_optimizer
+  gen, (apply, params) = mnist
+  r = attack_runs[run]
+
+  def minus_p(z):
+    return -class_probs(apply(params, gen.decode(gen.params, z, None)[None])[0])[int(r["target"])]
+
+  lat = jnp.asarray(r["latents"])
+  grads = jax.vmap(jax.grad(minus_p))(lat[: len(r["grads"])])
+  np.testing.assert_allclose(grads, r["grads"], atol=1e-6)
+  opt = make_optimizer("torch_adam", float(r["learning_rate"]))
+  state = opt.init(lat[0])
+  for k, g in enumerate(jnp.asarray(r["grads"])[: len(lat) - 1]):
+    updates, state = opt.update(g, state, lat[k])
+    np.testing.assert_allclose(lat[k] + updates, r["latents"][k + 1], atol=1e-5, err_msg=f"step {k}")
+
+
 @pytest.mark.parametrize("run", [0, 1, 2, 3])
 def test_the_official_attack_loop_is_reproduced(mnist, attack_runs, run):
-  """Same latents at every evaluation, same stop, same returned latent and image (README tolerances)."""
+  """Free-running: same number of evaluations, same stop, the same latents at every evaluation and
+  the same returned latent and image (README tolerances, except past a kink: LATENT_ATOL)."""
   gen, clf = mnist
   r = attack_runs[run]
   max_n = int(r["max_n_iter"])
@@ -49,26 +81,20 @@ def test_the_official_attack_loop_is_reproduced(mnist, attack_runs, run):
   n_evals = int(r["n_evals"])
   assert int(res["iterations"][0]) == int(r["n_adam_steps"])
   assert int(res["trajectory_length"][0]) == n_evals
-  np.testing.assert_allclose(res["trajectory"][0][:n_evals], r["latents"], atol=1e-4)
-  np.testing.assert_allclose(res["latent"][0], r["latent_final"][0], atol=1e-4)
+  np.testing.assert_allclose(res["trajectory"][0][:n_evals], r["latents"], atol=LATENT_ATOL[run])
+  np.testing.assert_allclose(res["latent"][0], r["latent_final"][0], atol=LATENT_ATOL[run])
   # The decoder's own tolerance is 1e-5 at equal latents; after a trajectory the latents agree to
   # float32 rounding (~1e-6), which the decoder amplifies at a few pixels (measured 1.1e-5).
-  np.testing.assert_allclose(res["counterfactual"][0], nhwc(r["image_final"])[0], atol=3e-5)
+  np.testing.assert_allclose(res["counterfactual"][0], nhwc(r["image_final"])[0], atol=IMAGE_ATOL[run])
   # The notebook's flag: converged = (i != max_n_iter - 1), with i the loop index at exit.
   stop_iter = int(res["iterations"][0]) if res["success"][0] else max_n - 1
   assert stop_iter == int(r["stop_iter"])
   assert bool(res["success"][0] and stop_iter != max_n - 1) == bool(r["converged"])
-  # Probabilities at every evaluated latent, and the gradients Adam received.
+  # Probabilities at every latent torch evaluated.
   apply, params = clf
-
-  def minus_p(z):
-    return -class_probs(apply(params, gen.decode(gen.params, z, None)[None])[0])[int(r["target"])]
-
   lat = jnp.asarray(r["latents"])
   probs = jax.vmap(lambda z: jax.nn.softmax(apply(params, gen.decode(gen.params, z, None)[None])[0]))(lat)
   np.testing.assert_allclose(probs, r["probs"], atol=1e-5)
-  grads = jax.vmap(jax.grad(minus_p))(lat[: len(r["grads"])])
-  np.testing.assert_allclose(grads, r["grads"], atol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,9 @@ default: :func:`cfjax.methods.optim.torch_adam`) on the
 predictor's objective through ``decode`` and stops per example as soon as the target is reached:
 
 * classification: objective ``-p(target)``, the softmax (or sigmoid, for one logit) probability,
-  not its log; stop once ``p(target) > threshold`` (strict). This is the paper's notebook
+  not its log (``loss="log_probability"`` takes ``-log p(target)`` instead: for a confident
+  classifier that gives the target class ~1e-9, the probability's gradient is too small for
+  Adam's epsilon and the attack stalls); stop once ``p(target) > threshold`` (strict). This is the paper's notebook
   (``generate_counterfactual``): evaluate, check, and only then step, so the returned latent is
   the one at which the threshold was crossed, after ``iterations`` Adam steps; without success
   all ``steps`` updates are taken and the last latent is returned.
@@ -45,6 +47,9 @@ from cfjax.methods.optim import OPTIMIZERS, make_optimizer
 from cfjax.methods.search import Search, init_search, recorded, search_step, status
 
 
+CLASS_LOSSES = ("probability", "log_probability")
+
+
 @dataclasses.dataclass(frozen=True)
 class CfAttackConfig(MethodConfig):
   """Options of Counterfactual Attacks."""
@@ -59,6 +64,10 @@ class CfAttackConfig(MethodConfig):
   optimizer: str = option("torch_adam", "torch_adam (the original's Adam, in torch's float order), adam "
                           "(optax's), sgd, sign, or (Python) any optax transformation",
                           choices=tuple(OPTIMIZERS))
+  loss: str = option("probability", "classification objective: probability (-p(target), the original's) "
+                     "or log_probability (-log p(target), whose gradient does not vanish where a "
+                     "confident classifier gives the target almost no probability)",
+                     choices=CLASS_LOSSES)
   threshold: float = option(0.5, "classification: stop once p(target) > threshold")
   tolerance: float = option(0.05, "regression: stop once |f - target| <= tolerance")
   lam: float = option(0.0, "weight of |z - z0|_1 in the objective (0: the original's)")
@@ -94,7 +103,12 @@ def cf_attack(cfg: CfAttackConfig, *, predictor, generator) -> Method:
   def objective(p, z, ctx, it):
     pred = f(p["predictor"], gen.decode(p["generator"], z, ctx["decode_key"]))
     t = ctx["target"]
-    loss = -obj.class_probs(pred)[t] if classification else jnp.sum(obj.regression_loss(pred, t))
+    if not classification:
+      loss = jnp.sum(obj.regression_loss(pred, t))
+    elif cfg.loss == "probability":
+      loss = -obj.class_probs(pred)[t]
+    else:
+      loss = obj.classification_loss(pred, t)
     if cfg.lam:
       loss = loss + cfg.lam * jnp.abs(z - ctx["z0"]).sum()
     return loss, {"pred": pred}
