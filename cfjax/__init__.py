@@ -11,7 +11,8 @@ The public API is flat::
 Layers (bottom to top): ``diffusion`` (network-free DDPM maths), ``nets`` (Flax networks, their
 loading and PyTorch importers), ``generators`` (the latent interface), ``methods`` (explainers as
 pure per-example functions), ``engine`` (compiled, continuously batched, sharded runs),
-``pipeline`` (validation, writer, jobs, figures), ``metrics`` (streaming counterfactual metrics), ``data`` (testbeds and tfds loaders), ``training``.
+``pipeline`` (validation, writer, jobs, figures), ``metrics`` (streaming counterfactual metrics), ``attribution`` (latent attribute heads,
+importance, InterFaceGAN directions), ``data`` (testbeds and tfds loaders), ``training``.
 Submodules load on first use, so ``import cfjax`` (and ``cfjax --help``) stays fast.
 """
 
@@ -31,9 +32,11 @@ _LAZY = {
     "Generator": ("cfjax.generators", "Generator"),
     "explain": ("cfjax.pipeline.explain", "explain"),
     "make_targets": ("cfjax.methods.targets", "make_targets"),
+    "fit_heads": ("cfjax.attribution", "fit_heads"),
+    "load_heads": ("cfjax.attribution", "load_heads"),
 }
-_SUBMODULES = ("data", "diffusion", "engine", "generators", "methods", "metrics", "nets", "pipeline",
-               "training", "checkpoint", "viz")
+_SUBMODULES = ("attribution", "data", "diffusion", "engine", "generators", "methods", "metrics", "nets",
+               "pipeline", "training", "checkpoint", "viz")
 
 __all__ = ["CfjaxInputError", *_LAZY, *_SUBMODULES]
 
