@@ -1,6 +1,6 @@
 """``cfjax convert-checkpoint``: a PyTorch state dict -> a cfjax (orbax) checkpoint.
 
-Two families of named configs:
+Three families of named configs:
 
 * guided-diffusion UNets (``celeba128``, ``celebahq256``, ``imagenet256_uncond``, ``small32``, ...)
   for released ACE / DiME / guided-diffusion ``.pt`` files; meta ``{"kind": "diffusion", ...}``;
@@ -8,10 +8,15 @@ Two families of named configs:
   ``cf_attacks_mnist_vae`` for ``mnist_autoencoder_weights.pth`` (meta ``{"kind": "generator",
   "generator": "vae", "image_size": 28, "channels": 1, "latent_dim": 64, ...}``) and
   ``cf_attacks_mnist_classifier`` for ``mnist_classifier_weights.pth`` (meta ``{"kind":
-  "predictor", "task": "classification", "num_classes": 10, "image_size": 28, ...}``).
+  "predictor", "task": "classification", "num_classes": 10, "image_size": 28, ...}``);
+* Diff-AE (:mod:`cfjax.nets.diffae_import`): ``diffae`` (the architecture recorded in a Lightning
+  ``.ckpt``'s ``hyper_parameters``), a template name (``ffhq256_autoenc``, ``ffhq128_autoenc_130M``,
+  ...) or ``diffae:PATH.json`` (TrainConfig fields); EMA weights unless ``--weights model``; meta
+  ``{"kind": "generator", "generator": "diffae", "diffusion": {"steps", "schedule", "T_eval"}, ...}``.
 
 Example:
   cfjax convert-checkpoint mnist_autoencoder_weights.pth --config cf_attacks_mnist_vae --out ckpt/mnist_vae
+  cfjax convert-checkpoint checkpoints/ffhq256_autoenc/last.ckpt --config diffae --out ckpt/diffae_ffhq256
 """
 
 from __future__ import annotations
@@ -33,11 +38,15 @@ def add_parser(sub):
   p.add_argument("source", help="path of the .pt/.pth (needs `pip install 'cfjax[torch]'`) or .npz file")
   p.add_argument("--config", required=True,
                  help="named UNet config (celeba128, celebahq256, imagenet256_uncond, small32, ...) "
-                      "or Counterfactual Attacks config (cf_attacks_mnist_vae, cf_attacks_mnist_classifier)")
+                      "or Counterfactual Attacks config (cf_attacks_mnist_vae, cf_attacks_mnist_classifier) "
+                      "or Diff-AE (diffae: from the .ckpt; a template such as ffhq256_autoenc; "
+                      "diffae:PATH.json)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                  help="override a config entry, e.g. --set num_classes=1000 --set dtype='\"bfloat16\"'")
   p.add_argument("--steps", type=int, help="diffusion steps the model was trained with (default: the config's)")
   p.add_argument("--schedule", choices=["linear", "cosine"], help="beta schedule (default: the config's)")
+  p.add_argument("--weights", choices=["ema", "model"], default="ema",
+                 help="Diff-AE Lightning checkpoints: the EMA weights (default) or the raw training weights")
   p.add_argument("--out", required=True, help="output checkpoint directory")
   p.add_argument("--overwrite", action="store_true")
   p.set_defaults(func=run)
@@ -79,6 +88,27 @@ def _cf_attacks(args, overrides: dict, src: Path):
   return net, meta
 
 
+def _diffae(args, overrides: dict, src: Path):
+  """``(network, meta)`` of a Diff-AE checkpoint or state dict."""
+  from cfjax._validate import CfjaxInputError
+  from cfjax.nets import diffae_import
+  if args.steps or args.schedule:
+    raise CfjaxInputError("--steps and --schedule of a Diff-AE come from its config (T, beta_scheduler)")
+  config = None if args.config == "diffae" else args.config.removeprefix("diffae:")
+  weights = getattr(args, "weights", "ema")
+  net, info = diffae_import.load_diffae(src, config, weights=weights, **overrides)
+  meta = {"kind": "generator", "generator": "diffae", "diffusion": info["diffusion"],
+          "image_size": net.config["image_size"], "latent_dim": net.config["enc_out_channels"],
+          "weights": weights, "paper": "Preechakul et al. 2022, Diffusion Autoencoders",
+          "repository": "phizaz/diffae"}
+  return net, meta
+
+
+def _is_diffae(name: str) -> bool:
+  from cfjax.nets.diffae_configs import TRAIN_CONFIGS
+  return name == "diffae" or name.startswith("diffae:") or name in TRAIN_CONFIGS
+
+
 def run(args) -> int:
   from cfjax import checkpoint
   from cfjax.nets import cf_attacks_import, diffusion_settings, torch_import, unet_config
@@ -87,6 +117,8 @@ def run(args) -> int:
   src = Path(args.source)
   if args.config in cf_attacks_import.CF_ATTACKS_CONFIGS:
     net, meta = _cf_attacks(args, overrides, src)
+  elif _is_diffae(args.config):
+    net, meta = _diffae(args, overrides, src)
   else:
     config = unet_config(args.config, **overrides)
     diffusion = diffusion_settings(args.config)

@@ -12,5 +12,6 @@ from cfjax.nets import torch_import  # noqa: F401
 from cfjax.nets import registry  # noqa: F401
 from cfjax.nets import predictors  # noqa: F401  (registers "small_cnn", "resnet18", "oracle")
 from cfjax.nets import vae  # noqa: F401  (registers "cf_vae", "cf_mnist_cnn")
+from cfjax.nets import diffae  # noqa: F401  (registers "diffae")
 from cfjax.nets.predictors import Predictor  # noqa: F401
 from cfjax.nets.loading import DiffusionModel, load_diffusion, load_network, load_predictor, resolve_checkpoint  # noqa: F401
