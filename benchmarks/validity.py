@@ -7,7 +7,8 @@ setting: 1000 steps re-spaced to 50, tau 5, step 2/255, at most 100 iterations, 
 mask dilation 5; early stop judging the refined CE, l1 weight 0.003) unless an AC-RE option is
 given (any option of ``cfjax explain --method acre``; the JSON records the settings used):
 success rate, iterations, mean |change| inside the square's interior vs in the background (in
-[0, 255] units, channel mean), and the distance of each CE to its ideal counterfactual.
+[0, 255] units, channel mean), and the distance of each CE to its ideal counterfactual
+(:func:`cfjax.metrics.squares_report`).
 The images are grid ids ``offset, offset + every, ...``; ``--seed`` is the key seed.
 ACE on the first ``--shapes`` shapes test images (flip the bundled classifier's decision) with
 the bundled shapes DDPM (tau 5 of 50 re-spaced steps, at most 50 iterations of step 2/255, early
@@ -29,38 +30,6 @@ from pathlib import Path
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 
 
-def squares_report(results: dict, grid_lower: dict, grid_upper: dict) -> dict:
-  """Per-run numbers of AC-RE on the lower grid (see the module docstring)."""
-  import numpy as np
-  ids = results["image_id"]
-  ce, x = results["counterfactual"], results["original"]
-  inside = grid_lower["mask"][ids].astype(bool)
-  square = np.zeros_like(inside)  # the whole 12x12 (6x6 at 32 px) square: interior plus border
-  for k, i in enumerate(ids):
-    ys, xs = np.nonzero(grid_lower["mask"][i])
-    b = max(1, (ys.max() - ys.min() + 1) // 4)
-    square[k, max(ys.min() - b, 0):ys.max() + b + 1, max(xs.min() - b, 0):xs.max() + b + 1] = True
-  background = ~square
-  change = np.abs(ce - x).mean(-1) * 255
-  ideal = grid_upper["image"][ids]
-  success = results["success"].astype(bool)
-  return {
-      "num_images": int(len(ids)),
-      "success_rate": float(success.mean()),
-      "mean_iterations": float(results["iterations"].mean()),
-      "mean_change_inside_interior_255": float(change[inside].mean()),
-      "mean_change_background_255": float(change[background].mean()),
-      "inside_over_background": float(change[inside].mean() / max(change[background].mean(), 1e-9)),
-      "mean_abs_distance_to_ideal_255": float(np.abs(ce - ideal).mean() * 255),
-      "mean_abs_distance_original_to_ideal_255": float(np.abs(x - ideal).mean() * 255),
-      "interior_red_distance_to_ideal_255": float(
-          np.abs(ce[..., 0] - ideal[..., 0])[inside].mean() * 255),
-      "interior_red_original_to_ideal_255": float(
-          np.abs(x[..., 0] - ideal[..., 0])[inside].mean() * 255),
-      "mean_prediction_error": float(np.abs(results["prediction"] - results["target"]).mean()),
-  }
-
-
 def main(argv=None) -> dict:
   from cfjax.commands.explain import method_parser
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[method_parser("acre")])
@@ -79,6 +48,7 @@ def main(argv=None) -> dict:
   import numpy as np
   from cfjax.data import squares_grid
   from cfjax.methods import method_spec
+  from cfjax.metrics import squares_report
   from cfjax.pipeline.job import ExplainJob, run_job
 
   # Only the AC-RE options given on the command line; the method's defaults fill in the rest.

@@ -19,8 +19,10 @@ COMMANDS = {
     "train-predictor": "train_predictor",
     "train-diffusion": "train_diffusion",
     "train-vae": "train_vae",
+    "train-diffae": "train_diffae",
     "convert-checkpoint": "convert_checkpoint",
     "explain": "explain",
+    "evaluate": "evaluate",
 }
 
 

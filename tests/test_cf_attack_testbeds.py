@@ -6,8 +6,6 @@ the start code (the result's ``reconstruction``), and that is what is located he
 """
 
 import json
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -16,9 +14,7 @@ import pytest
 import cfjax
 from cfjax import data
 from cfjax.cli import main
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from validity import squares_report  # noqa: E402
+from cfjax.metrics import squares_report
 
 IDS = np.arange(3, 315, 20)  # 16 lower-grid images over positions, colours and backgrounds
 

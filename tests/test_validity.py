@@ -5,9 +5,6 @@ the images the defaults were chosen on) with key seed 1 (the defaults were chose
 The larger held-out figures come from ``benchmarks/validity.py`` (see benchmarks/README.md).
 """
 
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,9 +13,7 @@ import pytest
 import cfjax
 from cfjax import data, methods
 from cfjax.diffusion import ddim_invert, ddim_sample_loop
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from validity import squares_report  # noqa: E402
+from cfjax.metrics import squares_report
 
 IDS = np.arange(2, 315, 40)  # 8 held-out lower-grid images spread over positions, colours and backgrounds
 KEY = jax.random.key(1)  # the explain key; per-example keys fold in the grid id, as in benchmarks/validity.py

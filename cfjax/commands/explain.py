@@ -4,6 +4,8 @@ Writes OUT/grid.png (original | counterfactual | mask, where the method makes on
 OUT/results.npz (per-image arrays), OUT/summary.json (success rate, mean iterations, CE/s,
 settings), OUT/trajectory.png for methods that record a latent path, and OUT/run/ (the resumable
 shards: re-running the same command after an interruption continues where it stopped).
+``--metrics a,b`` computes metrics (:mod:`cfjax.metrics.runs`) while the run streams, prints them
+and writes them to summary.json under "metrics".
 
 The options after the common ones are the method's own, generated from its declared config:
 ``cfjax explain --method NAME --help`` lists them.
@@ -45,6 +47,9 @@ def _common(p):
   p.add_argument("--result-slots", type=int, default=None,
                  help="finished CEs whose results are computed together (default: --num-slots)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--metrics", action="append", default=[], metavar="NAMES",
+                 help="metrics computed while the run streams, comma-separated (see cfjax evaluate); "
+                      "written to summary.json")
   p.add_argument("--out", help="output directory")
   p.add_argument("--quiet", action="store_true")
 
@@ -108,6 +113,8 @@ def run(args) -> int:
   missing = [f"--{n}" for n in ("method", "dataset", "predictor", "out") if getattr(args, n) is None]
   if missing:
     raise CfjaxInputError(f"cfjax explain needs {', '.join(missing)} (see cfjax explain --help)")
+  from cfjax.metrics.runs import metric_names
+  metrics = metric_names(args.metrics)
   mp = method_parser(args.method)
   try:
     opts, rest = mp.parse_known_args(args.extra)
@@ -122,10 +129,12 @@ def run(args) -> int:
       target=args.target, split=args.split, limit=args.limit,
       dataset_options=parse_options(args.dataset_option), num_slots=args.num_slots,
       steps_per_call=args.steps_per_call, result_slots=args.result_slots, seed=args.seed,
-      progress=not args.quiet)
+      progress=not args.quiet, metrics=metrics)
   summary = run_job(job)
   print(f"{summary['num_explained']} counterfactuals, {summary['success_rate']:.1%} reach the target, "
         f"mean {summary['mean_iterations']:.1f} iterations")
+  for k, v in summary.get("metrics", {}).items():
+    print(f"  {k}: {v:.4g}")
   print(f"figure:  {summary['figure']}")
   if "trajectory_figure" in summary:
     print(f"path:    {summary['trajectory_figure']}")

@@ -16,7 +16,8 @@ the quality of ACE's filter on the validation grids.
 from __future__ import annotations
 
 import argparse
-import shlex
+
+from cfjax.commands import _training
 
 # Options that define the run, in the order the canonical command line lists them.
 _RUN_OPTIONS = ("dataset", "rho", "image_size", "config", "channel_mult", "attention_resolutions",
@@ -63,12 +64,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def command_line(args: argparse.Namespace) -> str:
   """The canonical command line that reproduces ``args`` (every run option spelled out)."""
-  parts = ["cfjax", "train-diffusion"]
-  for name in _RUN_OPTIONS:
-    value = getattr(args, name)
-    if value is not None:
-      parts += ["--" + name.replace("_", "-"), str(value)]
-  return shlex.join(parts)
+  return _training.command_line("train-diffusion", args, _RUN_OPTIONS)
 
 
 def net_config(args: argparse.Namespace) -> dict:
@@ -86,25 +82,11 @@ def net_config(args: argparse.Namespace) -> dict:
   return unet_config(args.config, **over)
 
 
-def _interrupt(signum, frame):
-  raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run(args: argparse.Namespace) -> int:
-  import signal
-
   from cfjax.training import diffusion
   testbed = {} if args.rho is None else {"rho": args.rho}
-  # A background job (nohup ... &) starts with SIGINT ignored, and `kill` sends SIGTERM: both
-  # become KeyboardInterrupt, so the training loop checkpoints the current step before exiting.
-  import threading
-  main = threading.current_thread() is threading.main_thread()  # signal handlers need it
-  previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
-  try:
+  with _training.interruptible():
     result = _train(diffusion, args, testbed)
-  finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
   print(f"saved {result['model']}; samples {result['grid']}")
   print(f"metrics: {result['metrics']}")
   return 0

@@ -12,7 +12,8 @@ different configuration in the same ``--out`` is an error. The final model is ``
 from __future__ import annotations
 
 import argparse
-import shlex
+
+from cfjax.commands import _training
 
 # Options that define the run, in the order the canonical command line lists them.
 _RUN_OPTIONS = ("dataset", "task", "arch", "attribute", "rho", "image_size", "width", "steps",
@@ -48,12 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def command_line(args: argparse.Namespace) -> str:
   """The canonical command line that reproduces ``args`` (every run option spelled out)."""
-  parts = ["cfjax", "train-predictor"]
-  for name in _RUN_OPTIONS:
-    value = getattr(args, name)
-    if value is not None:
-      parts += ["--" + name.replace("_", "-"), str(value)]
-  return shlex.join(parts)
+  return _training.command_line("train-predictor", args, _RUN_OPTIONS)
 
 
 def run(args: argparse.Namespace) -> int:

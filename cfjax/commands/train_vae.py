@@ -16,7 +16,8 @@ validation data), ``OUT/recon.png`` (originals and reconstructions in alternate 
 from __future__ import annotations
 
 import argparse
-import shlex
+
+from cfjax.commands import _training
 
 # Options that define the run, in the order the canonical command line lists them.
 _RUN_OPTIONS = ("dataset", "rho", "image_size", "latent_dim", "steps", "batch_size", "lr", "schedule",
@@ -52,38 +53,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def command_line(args: argparse.Namespace) -> str:
   """The canonical command line that reproduces ``args`` (every run option spelled out)."""
-  parts = ["cfjax", "train-vae"]
-  for name in _RUN_OPTIONS:
-    value = getattr(args, name)
-    if value is not None:
-      parts += ["--" + name.replace("_", "-"), str(value)]
-  return shlex.join(parts)
-
-
-def _interrupt(signum, frame):
-  raise KeyboardInterrupt(f"signal {signum}")
+  return _training.command_line("train-vae", args, _RUN_OPTIONS)
 
 
 def run(args: argparse.Namespace) -> int:
-  import signal
-  import threading
-
   from cfjax.training import vae
   testbed = {} if args.rho is None else {"rho": args.rho}
-  # A background job (nohup ... &) starts with SIGINT ignored, and `kill` sends SIGTERM: both
-  # become KeyboardInterrupt, so the training loop checkpoints the current step before exiting.
-  main = threading.current_thread() is threading.main_thread()  # signal handlers need it
-  previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
-  try:
+  with _training.interruptible():
     result = vae.train(
         dataset=args.dataset, out=args.out, image_size=args.image_size, latent_dim=args.latent_dim,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, edge_weight=args.edge_weight,
         l1_weight=args.l1_weight, kl_weight=args.kl_weight, seed=args.seed, testbed_kwargs=testbed,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         eval_limit=args.eval_limit, command=command_line(args), progress=not args.no_progress)
-  finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
   metrics = ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items() if isinstance(v, float))
   print(f"saved {result['model']}; reconstructions {result['grid']}")
   print(f"metrics: {metrics}")

@@ -50,3 +50,12 @@ def distance(kind: str, x: jax.Array, x0: jax.Array) -> jax.Array:
     return jnp.abs(d).sum()
   # safe_norm: zero gradient at x == x0, where ||.||_2 has none (the first iteration starts there).
   return optax.safe_norm(d, 0.0)
+
+
+def target_reached(pred: jax.Array, target: jax.Array, *, classification: bool, threshold: float,
+                   tolerance: float) -> jax.Array:
+  """The latent methods' stop: ``p(target) > threshold`` (classification) or every output within
+  ``tolerance`` of its target (regression)."""
+  if classification:
+    return class_probs(pred)[target] > threshold
+  return jnp.all(jnp.abs(pred - target) <= tolerance)

@@ -13,9 +13,12 @@ the data equals one pass over all of it.
 * realism: :func:`fid`, :func:`sfid`, :func:`frechet_distance`, :func:`fid_from_features`,
   :func:`sfid_from_features`, the float64 statistics ``stats_*``
 * testbeds: :func:`region_change`, :func:`squares_regions`, :func:`squares_factor_change`,
-  :func:`shapes_background_change`, :func:`ideal_distance`
+  :func:`shapes_background_change`, :func:`ideal_distance`, :func:`squares_report`
 * drivers: :func:`compute`, :class:`Evaluator` (an ``on_result`` callback), :func:`evaluate_results`
 * by name: :func:`make`, :func:`known_metrics`
+* runs (:mod:`cfjax.metrics.runs`, :mod:`cfjax.metrics.report`): :func:`evaluate_runs` of
+  ``cfjax explain`` directories, :func:`default_metrics`, :class:`StreamingMetrics` (``cfjax
+  explain --metrics``), :func:`markdown_table`, :func:`write_report` (``cfjax evaluate``)
 
 Example:
   >>> import numpy as np
@@ -30,13 +33,17 @@ Example:
 from cfjax.metrics.attributes import attribute_correlations, cd, mnac  # noqa: F401
 from cfjax.metrics.base import (  # noqa: F401
     Metric, kahan_add, kahan_init, kahan_value, mean_metric)
-from cfjax.metrics.evaluate import Evaluator, compute, evaluate_results, load_results  # noqa: F401
+from cfjax.metrics.evaluate import (  # noqa: F401
+    Evaluator, compute, evaluate_results, load_results, stream_results)
 from cfjax.metrics.realism import (  # noqa: F401
     fid, fid_from_features, frechet_distance, sfid, sfid_from_features, stats_finalize, stats_init,
     stats_update)
 from cfjax.metrics.registry import known_metrics, make  # noqa: F401
+from cfjax.metrics.report import markdown_table, write_report  # noqa: F401
+from cfjax.metrics.runs import StreamingMetrics, default_metrics, evaluate_run, evaluate_runs  # noqa: F401
 from cfjax.metrics.similarity import cosine_similarity, diversity, fva, s3  # noqa: F401
 from cfjax.metrics.testbeds import (  # noqa: F401
-    ideal_distance, region_change, shapes_background_change, squares_factor_change, squares_regions)
+    ideal_distance, region_change, shapes_background_change, squares_factor_change, squares_regions,
+    squares_report)
 from cfjax.metrics.transition import cout, cout_curves  # noqa: F401
 from cfjax.metrics.validity import flip_rate, oracle_mae, predicted_class, proximity, success_rate  # noqa: F401

@@ -127,14 +127,17 @@ class Evaluator:
 
   __call__ = update
 
+  def result_by_metric(self) -> dict[str, dict[str, float]]:
+    """Each metric's final values, by metric name."""
+    return {m.name: m.finalize(s) for m, s in zip(self.metrics, self.states)}
+
   def result(self) -> dict[str, float]:
     """Every metric's final values in one dict."""
     out: dict[str, float] = {}
-    for m, s in zip(self.metrics, self.states):
-      values = m.finalize(s)
+    for name, values in self.result_by_metric().items():
       clash = set(values) & set(out)
       if clash:
-        raise CfjaxInputError(f"metric {m.name!r} reports {sorted(clash)} that another metric reports "
+        raise CfjaxInputError(f"metric {name!r} reports {sorted(clash)} that another metric reports "
                               "too: give one of them another name.")
       out.update(values)
     return out
@@ -201,6 +204,22 @@ def evaluate_results(results, metrics: Sequence[Metric], *, data: dict | None = 
     >>> evaluate_results(res, [metrics.success_rate()])
     {'success_rate': 0.6666666666666666}
   """
+  return stream_results(results, metrics, data=data, id_key=id_key, batch_size=batch_size,
+                        keys=keys).result()
+
+
+def stream_results(results, metrics: Sequence[Metric], *, data: dict | None = None,
+                   id_key: str | None = None, batch_size: int = 64,
+                   keys: Sequence[str] | None = None) -> Evaluator:
+  """:func:`evaluate_results` without the final step: the :class:`Evaluator` that saw every batch.
+
+  Example:
+    >>> import numpy as np
+    >>> from cfjax import metrics
+    >>> ev = stream_results({"success": np.array([True, False])}, [metrics.success_rate()])
+    >>> ev.result_by_metric()
+    {'success_rate': {'success_rate': 0.5}}
+  """
   res = load_results(results)
   if not res:
     raise CfjaxInputError(f"{results} holds no results.")
@@ -212,4 +231,4 @@ def evaluate_results(results, metrics: Sequence[Metric], *, data: dict | None = 
   ev.check_totals([{k: res[k] for k in wanted}])
   for i in range(0, n, batch_size):
     ev.update({k: res[k][i:i + batch_size] for k in wanted})
-  return ev.result()
+  return ev

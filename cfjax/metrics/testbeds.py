@@ -12,6 +12,8 @@ far it is from the ideal CE where one exists.
   colour changed.
 * :func:`ideal_distance`: distance of x' to the ideal CE (the squares "mirror" target: the
   image's upper twin), next to the input's distance to it, and the share of the gap closed.
+* :func:`squares_report`: the squares validity report of CEs towards the "mirror" target
+  (success, interior vs background change, distance to the ideal CE, prediction error).
 
 Grey levels are reported in [0, 255] units (``scale``), as the testbeds define their factors.
 
@@ -278,3 +280,54 @@ def ideal_distance(*, region_key: str | None = None, channel: int | None = None,
   requires = ("original", "counterfactual", "ideal") + ((region_key,) if region_key else ())
   return mean_metric("ideal_distance", per_example, requires=requires, outputs=("ce", "x", "px"),
                      finalize=finalize, check=check)
+
+
+def squares_report(results: dict, grid_lower: dict, grid_upper: dict) -> dict[str, float]:
+  """Validity and locality of CEs of lower-grid squares towards the "mirror" target (+128/255).
+
+  Args:
+    results: per-CE ``image_id`` (lower-grid ids), ``original``, ``counterfactual``, ``success``,
+      ``iterations``, ``prediction``, ``target`` (as ``cfjax explain`` and jobs return them).
+    grid_lower, grid_upper: :func:`cfjax.data.squares_grid` twins at the CEs' image size; the
+      upper twin of an image is its ideal CE.
+
+  Returns:
+    ``success_rate``, ``mean_iterations``, the mean |change| (grey levels, channel mean) inside
+    the square's interior and in the background (:func:`region_change`) and their ratio, the
+    distance to the ideal CE over the image and of the interior's red (:func:`ideal_distance`),
+    next to the input's, and ``mean_prediction_error`` (:func:`~cfjax.metrics.oracle_mae` of the
+    stored predictions).
+
+  Example:
+    >>> from cfjax import data
+    >>> lo, hi = data.squares_grid("lower", image_size=32), data.squares_grid("upper", image_size=32)
+    >>> ids = np.arange(4)
+    >>> res = {"image_id": ids, "original": lo["image"][ids], "counterfactual": hi["image"][ids],
+    ...        "success": np.ones(4, bool), "iterations": np.ones(4), "prediction": hi["label"][ids],
+    ...        "target": hi["label"][ids]}
+    >>> r = squares_report(res, lo, hi)
+    >>> r["mean_abs_distance_to_ideal_255"], r["mean_change_background_255"]
+    (0.0, 0.0)
+  """
+  from cfjax.metrics.evaluate import compute
+  from cfjax.metrics.validity import oracle_mae, success_rate
+  ids = np.asarray(results["image_id"])
+  size = int(np.shape(results["original"])[1])
+  regions = squares_regions(np.asarray(grid_lower["x"])[ids], np.asarray(grid_lower["y"])[ids], size)
+  batch = {k: np.asarray(results[k]) for k in ("original", "counterfactual", "success", "prediction", "target")}
+  batch.update(ideal=np.asarray(grid_upper["image"])[ids], interior=regions["interior"],
+               background=regions["background"])
+  r = compute([success_rate(), region_change(scale=255.0), ideal_distance(scale=255.0), oracle_mae()], batch)
+  red = compute(ideal_distance(region_key="interior", channel=0, scale=255.0), batch)
+  return {
+      "num_images": int(len(ids)), "success_rate": r["success_rate"],
+      "mean_iterations": float(np.mean(results["iterations"])),
+      "mean_change_inside_interior_255": r["change_interior"],
+      "mean_change_background_255": r["change_background"],
+      "inside_over_background": r["change_interior_over_background"],
+      "mean_abs_distance_to_ideal_255": r["ideal_distance"],
+      "mean_abs_distance_original_to_ideal_255": r["original_ideal_distance"],
+      "interior_red_distance_to_ideal_255": red["ideal_distance"],
+      "interior_red_original_to_ideal_255": red["original_ideal_distance"],
+      "mean_prediction_error": r["oracle_mae"],
+  }

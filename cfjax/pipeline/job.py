@@ -35,7 +35,8 @@ class ExplainJob:
   (``{"diffusion": ...}``, ``{"generator": ...}``): bundled names, checkpoints or run directories.
   ``subset`` keeps only the listed example ids (after ``limit``). ``target`` is a rule of
   :func:`cfjax.methods.make_targets` (default: "mirror" for regression, "flip" for a binary
-  classifier, "next" otherwise).
+  classifier, "next" otherwise). ``metrics`` names metrics (:mod:`cfjax.metrics.runs`) computed
+  while the run streams and written to the summary.
   """
 
   method: str
@@ -55,6 +56,7 @@ class ExplainJob:
   seed: int = 0
   figure_rows: int = 8
   progress: bool = True
+  metrics: tuple[str, ...] = ()
 
 
 def load_images(dataset: str, *, split: str = "test", limit: int | None = None, image_size=None,
@@ -144,6 +146,12 @@ def run_job(job: ExplainJob, *, on_result: Callable[[dict], None] | None = None)
               "predictor": str(job.predictor), **{k: str(v) for k, v in job.models.items() if v},
               "seed": job.seed, "dataset_options": job.dataset_options,
               "subset": None if job.subset is None else [int(i) for i in job.subset]}
+  per_job = {"image_id": np.repeat(ids, n_t), "target": job_t, "original": job_x,
+             "original_prediction": np.repeat(outputs, n_t, axis=0), "label": np.repeat(labels, n_t)}
+  if job.metrics:
+    from cfjax.metrics.runs import StreamingMetrics
+    on_result = StreamingMetrics(job.metrics, settings, task=task, job_ids=job_ids, per_job=per_job,
+                                 predictor=pred, then=on_result)
   out_dir = Path(job.out_dir)
   t0 = time.perf_counter()
   results, stats = explain(m, job_x, job_t, ids=job_ids, key=jax.random.key(job.seed),
@@ -153,8 +161,7 @@ def run_job(job: ExplainJob, *, on_result: Callable[[dict], None] | None = None)
   wall = time.perf_counter() - t0
   position = {int(j): k for k, j in enumerate(job_ids)}
   order = np.array([position[int(i)] for i in results["id"]], np.int64)  # job index of each result
-  results.update(image_id=ids[order // n_t], target=job_t[order], original=job_x[order],
-                 original_prediction=outputs[order // n_t], label=labels[order // n_t])
+  results.update({k: v[order] for k, v in per_job.items()})
   np.savez_compressed(out_dir / "results.npz", **results)
   success = results["success"].astype(bool)
   figures = _figures(job, m, models, results, out_dir, success)
@@ -169,6 +176,8 @@ def run_job(job: ExplainJob, *, on_result: Callable[[dict], None] | None = None)
       "devices": [str(d) for d in jax.local_devices()],
       **figures, "results": str(out_dir / "results.npz"),
   }
+  if job.metrics:
+    summary["metrics"] = on_result.finish(results)
   (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
   return summary
 

@@ -77,8 +77,13 @@ def ema_decay(step: jax.Array, decay: float) -> jax.Array:
 
 
 def make_train_step(apply: Callable, tx: optax.GradientTransformation, sched: dd.Schedule, *,
-                    ema: float = 0.9999, jit: bool = True) -> Callable:
+                    ema: float = 0.9999, condition: Callable | None = None,
+                    jit: bool = True) -> Callable:
   """``step(state, batch) -> (state, {"loss", "mse", "vb"})`` for batches ``{"image": [0, 1]}``.
+
+  ``condition(params, x0) -> dict`` gives extra keyword arguments of ``apply`` computed from the
+  clean batch in [-1, 1] (a diffusion autoencoder's ``{"cond": encode(params, x0)}``, trained
+  jointly); without it the model is unconditional.
 
   The timesteps and noise of step s come from ``fold_in(key(state["rng"]), s)``, so a resumed
   run draws exactly what an uninterrupted one would.
@@ -103,7 +108,8 @@ def make_train_step(apply: Callable, tx: optax.GradientTransformation, sched: dd
     noise = jax.random.normal(kn, x0.shape, jnp.float32)
 
     def objective(params):
-      terms = dd.training_losses(sched, lambda x, tt: apply(params, x, tt), x0, t, noise)
+      extra = condition(params, x0) if condition is not None else {}
+      terms = dd.training_losses(sched, lambda x, tt: apply(params, x, tt, **extra), x0, t, noise)
       terms = {k: jnp.mean(v) for k, v in terms.items()}
       return terms["loss"], terms
 
@@ -357,8 +363,10 @@ def squares_filter_quality(apply: Callable, params, *, diffusion_steps: int = 10
     True
   """
   import importlib
+
+  from cfjax.metrics.testbeds import squares_regions
   sq = importlib.import_module("cfjax.data.squares")  # the module; cfjax.data.squares is a function
-  g = sq.geometry(image_size)
+  sq.geometry(image_size)
   sched = dd.make_schedule(diffusion_steps, schedule, respacing)
   if not 1 <= tau <= sched.num_timesteps:
     raise CfjaxInputError(f"tau must be in [1, {sched.num_timesteps}], got {tau}")
@@ -382,12 +390,8 @@ def squares_filter_quality(apply: Callable, params, *, diffusion_steps: int = 10
       outs.append(np.asarray(filt(params, jnp.asarray(chunk), keys))[:bs - pad])
     after = np.concatenate(outs) * 255.0
     before = imgs * 255.0
-    inner = grid["mask"][:n]
-    r = np.arange(image_size)
-    rows = (r >= grid["x"][:n, None]) & (r < grid["x"][:n, None] + g["full"])
-    cols = (r >= grid["y"][:n, None]) & (r < grid["y"][:n, None] + g["full"])
-    square = rows[:, :, None] & cols[:, None, :]
-    ring, bg = square & ~inner, ~square
+    regions = squares_regions(grid["x"][:n], grid["y"][:n], image_size)
+    inner, ring, bg = regions["interior"], regions["border"], regions["background"]
     resampled = sq.render(grid["color_a"][:n], grid["color_b"][:n], grid["x"][:n], grid["y"][:n],
                           np.random.default_rng(seed + 4).standard_normal(before.shape, np.float32)
                           * np.float32(sq.NOISE_STD), image_size).astype(np.float32)
