@@ -1,0 +1,81 @@
+"""`cfjax train-diffae` and cfjax.training.diffae: Diff-AE's objective, outputs, resume, refusal."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import cfjax
+from cfjax import diffusion as dd
+from cfjax._validate import CfjaxInputError
+from cfjax.cli import main
+from cfjax.training import diffae, diffusion
+
+TINY = ["--dataset", "squares", "--net", "tiny32", "--batch-size", "4", "--t-eval", "2", "--eval-limit", "4",
+        "--checkpoint-every", "2", "--log-every", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("dae") / "run"
+  assert main(["train-diffae", *TINY, "--steps", "3", "--out", str(out)]) == 0
+  return out
+
+
+def test_the_run_directory_holds_model_metrics_and_grid(run):
+  metrics = json.loads((run / "metrics.json").read_text())
+  for key in ("final_loss", "recon_mae_255", "recon_interior_red_mae_255", "semantic_mae_255",
+              "semantic_interior_red_twin_gap_255", "recon_interior_red_twin_gap_255_original"):
+    assert np.isfinite(metrics[key]), key
+  assert (run / "recon.png").stat().st_size > 500
+  meta = json.loads((run / "model" / "cfjax.json").read_text())["meta"]
+  assert meta["generator"] == "diffae" and meta["diffusion"]["T_eval"] == 2
+  assert meta["command"].startswith("cfjax train-diffae --dataset squares")
+
+
+def test_the_trained_model_loads_as_a_generator(run):
+  g = cfjax.load_generator(run)
+  assert g.image_shape == (32, 32, 3) and g.latent_shape == (32 + 32 * 32 * 3,)
+  x = jnp.full((32, 32, 3), 0.5)
+  z = g.encode(g.params, x, None)
+  assert g.decode(g.params, z, None).shape == (32, 32, 3)
+
+
+def test_rerunning_resumes_and_a_changed_run_is_refused(run, capsys):
+  log_before = (run / "log.jsonl").read_text()
+  assert main(["train-diffae", *TINY, "--steps", "3", "--out", str(run)]) == 0
+  records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+  assert max(r["step"] for r in records if "loss" in r) == 3  # no step was redone past 3
+  assert log_before in (run / "log.jsonl").read_text()
+  assert main(["train-diffae", *TINY, "--steps", "3", "--lr", "0.01", "--out", str(run)]) == 2
+  assert "lr" in capsys.readouterr().err
+
+
+def test_the_objective_is_the_conditioned_epsilon_mse():
+  """One step's loss is Diff-AE's: mean (noise - eps(x_t, t, encoder(x0)))^2, no vb term."""
+  from cfjax.nets import registry
+  config = diffae.net_config("tiny32", 32)
+  apply, encode = registry.make_apply(config), registry.make_apply(config, "encode")
+  tx = diffusion.optimizer(1e-4)
+  state = diffusion.init_state(config, tx, 0)
+  sched = dd.make_schedule(1000)
+  step = diffusion.make_train_step(apply, tx, sched, condition=lambda p, x0: {"cond": encode(p, x0)})
+  batch = {"image": jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))}
+  _, m = step(state, batch)
+  key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 0)
+  kt, kn = jax.random.split(key)
+  x0 = batch["image"] * 2 - 1
+  t = jax.random.randint(kt, (2,), 0, 1000, dtype=jnp.int32)
+  noise = jax.random.normal(kn, x0.shape, jnp.float32)
+  eps = apply(state["params"], dd.q_sample(sched, x0, t, noise), t, encode(state["params"], x0))
+  np.testing.assert_allclose(m["loss"], jnp.mean((noise - eps) ** 2), rtol=1e-5)
+  assert "vb" not in m
+
+
+def test_bad_settings_are_refused_before_training(tmp_path):
+  with pytest.raises(CfjaxInputError, match="T_eval must be in"):
+    diffae.train(diffae.DiffaeTrainConfig(dataset="squares", out=str(tmp_path), net="tiny32", T_eval=0))
+  with pytest.raises(CfjaxInputError, match="unknown Diff-AE config"):
+    diffae.train(diffae.DiffaeTrainConfig(dataset="squares", out=str(tmp_path), net="nonesuch"))
