@@ -40,6 +40,12 @@ FIXTURE_UNET = REPO.parent / "shared" / "fixtures" / "guided_diffusion" / "model
 # Machine and load: every JSON says what else was running while it was measured.
 # ---------------------------------------------------------------------------------------------
 
+def _without_machine_paths(cmd: str) -> str:
+  """A command line with the checkout's and the home directory's absolute paths made relative."""
+  root = str(Path(__file__).resolve().parent.parent)
+  return cmd.replace(root + "/", "").replace(root, ".").replace(str(Path.home()), "~")
+
+
 def _cpu_ticks() -> dict[int, tuple[int, str]]:
   ticks = {}
   for d in Path("/proc").iterdir():
@@ -49,6 +55,7 @@ def _cpu_ticks() -> dict[int, tuple[int, str]]:
       stat = (d / "stat").read_text()
       fields = stat[stat.rindex(")") + 2:].split()
       cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+      cmd = _without_machine_paths(cmd)
       ticks[int(d.name)] = (int(fields[11]) + int(fields[12]), cmd)
     except (OSError, ValueError, IndexError):
       continue
