@@ -23,6 +23,8 @@ COMMANDS = {
     "convert-checkpoint": "convert_checkpoint",
     "explain": "explain",
     "evaluate": "evaluate",
+    "fit-heads": "fit_heads",
+    "attribute": "attribute",
 }
 
 

@@ -11,7 +11,7 @@ from flax import nnx
 
 from cfjax import CfjaxInputError
 from cfjax.attribution import glm
-from cfjax.attribution import heads as heads_mod
+from cfjax.attribution import fitting as heads_mod
 from cfjax.attribution import (HeadsConfig, auc, evaluate, fit_heads, heads_from_coefficients, load_heads)
 from cfjax.generators import Generator
 
@@ -285,3 +285,10 @@ def test_infer_family():
   assert heads_mod.infer_family(np.array([0.0, 1.0, np.nan])) == "logistic"
   assert heads_mod.infer_family(np.array([0.0, 3.0, 1.0])) == "poisson"
   assert heads_mod.infer_family(np.array([0.5, 3.0])) == "linear"
+
+
+def test_per_attribute_families_may_be_auto(data):
+  cfg = HeadsConfig(family=("auto", "linear"), strength=1e-3, holdout=0.0)
+  h = fit_heads(data["z"], {"b": data["logistic"], "c": data["poisson"]}, cfg, key=jax.random.key(0),
+                generator="toy")
+  assert h.families == ("logistic", "linear")

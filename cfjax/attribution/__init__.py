@@ -1,9 +1,12 @@
 """Attribution in latent space (Goldwasser & Hooker 2025): attribute heads, importances, directions.
 
-* :mod:`~cfjax.attribution.heads`: GLM heads (logistic / linear / Poisson, L1 / L2) fitted with optax
-  on a generator's latents, all attributes at once; metrics; orbax save / load.
+* :mod:`~cfjax.attribution.heads`: GLM heads (logistic / linear / Poisson) on a generator's latents;
+  :mod:`~cfjax.attribution.fitting` fits them (L1 / L2, all attributes at once, optax);
+  :mod:`~cfjax.attribution.metrics` scores them; :mod:`~cfjax.attribution.storage` saves / loads them.
 * :mod:`~cfjax.attribution.importance`: local ``phi`` and global ``psi`` importances of any
   method's CEs, ranked tables (CSV / JSON) and a bar plot.
+* :mod:`~cfjax.attribution.decisions`: heads of a predictor's own decisions on latents (the
+  InterFaceGAN direction of a classifier).
 * :mod:`~cfjax.attribution.directions`: InterFaceGAN's closed-form step and attribute-projected
   latent updates (an optax transformation).
 
@@ -19,13 +22,15 @@ Example:
   'a'
 """
 
+from cfjax.attribution.decisions import decision_labels, decision_names, fit_decision_heads  # noqa: F401
 from cfjax.attribution.directions import (  # noqa: F401
-    MODES, Subspace, interfacegan_counterfactuals, interfacegan_delta, interfacegan_step,
-    interfacegan_target, project, project_updates, restricted, subspace)
+    MODES, Restriction, Subspace, attribute_restriction, interfacegan_counterfactuals, interfacegan_delta,
+    interfacegan_step, interfacegan_target, project, project_updates, restricted, subspace)
 from cfjax.attribution.glm import FAMILIES, PENALTIES  # noqa: F401
-from cfjax.attribution.heads import (  # noqa: F401
-    GLM, Heads, HeadsConfig, auc, evaluate, fit_heads, generator_identity, glm_predict, heads_from_coefficients,
-    infer_family, load_heads, save_heads)
+from cfjax.attribution.fitting import HeadsConfig, fit_heads, infer_family  # noqa: F401
+from cfjax.attribution.heads import GLM, Heads, generator_identity, glm_predict, heads_from_coefficients  # noqa: F401
+from cfjax.attribution.metrics import auc, evaluate  # noqa: F401
+from cfjax.attribution.storage import load_heads, save_heads  # noqa: F401
 from cfjax.attribution.importance import (  # noqa: F401
     Attribution, attribute_ces, bar_plot, ce_latents, direction_signs, encode_images, global_importance,
     load_results, local_importance, rank_order)

@@ -167,3 +167,56 @@ def restricted(optimizer: optax.GradientTransformation, space: Subspace, mode: s
     0.0
   """
   return optax.chain(optimizer, project_updates(space, mode))
+
+
+# -- attribute-restricted attacks ------------------------------------------------------------------
+
+class Restriction(NamedTuple):
+  """Heads, the span of the chosen attributes' directions and how steps are projected onto it."""
+
+  heads: object            # cfjax.attribution.Heads
+  names: tuple[str, ...]   # the chosen attributes
+  space: Subspace
+  mode: str                # "within" (only these attributes) or "without" (not these)
+
+
+def _names(v) -> tuple[str, ...]:
+  if v is None:
+    return ()
+  items = v.split(",") if isinstance(v, str) else list(v)
+  return tuple(s.strip() for s in items if s.strip())
+
+
+def attribute_restriction(heads, *, only=None, without=None, generator=None) -> Restriction | None:
+  """The subspace of latent steps that change only the ``only`` attributes, or none of ``without``.
+
+  ``only`` / ``without`` are attribute names (a sequence or one comma-separated string) of
+  ``heads`` (a :class:`~cfjax.attribution.Heads` or a directory written by :meth:`Heads.save`);
+  with ``generator``, heads of another generator are refused. Returns None when neither is given.
+  ``"within"`` keeps every step in the span of the ``only`` heads' directions; ``"without"``
+  removes the ``without`` heads' directions from every step, so their linear predictors (and so
+  their outputs) stay exactly where they started.
+
+  Example:
+    >>> import numpy as np
+    >>> from cfjax.attribution import heads_from_coefficients
+    >>> h = heads_from_coefficients(np.eye(3)[:2], np.zeros(2), ["a", "b"], generator="toy")
+    >>> r = attribute_restriction(h, without="b")
+    >>> r.mode, project(jnp.ones(3), r.space, r.mode).tolist()
+    ('without', [1.0, 0.0, 1.0])
+  """
+  only, without = _names(only), _names(without)
+  if only and without:
+    raise CfjaxInputError("give either only= (steps within these attributes' directions) or without= "
+                          "(steps free of them), not both")
+  if not (only or without):
+    return None
+  if heads is None:
+    raise CfjaxInputError("only= / without= need attribute heads (a cfjax fit-heads directory)")
+  if isinstance(heads, (str, bytes)) or hasattr(heads, "__fspath__"):
+    from cfjax.attribution.storage import load_heads
+    heads = load_heads(heads)
+  if generator is not None:
+    heads.check_generator(generator)
+  names = only or without
+  return Restriction(heads, names, subspace(heads.directions(names)), "within" if only else "without")

@@ -20,6 +20,13 @@ the raw decoder output, as in the paper; the returned counterfactual is clipped 
 judged again. The latent is recorded every ``trajectory_every`` steps (a fixed-size buffer), so a
 figure can show the path from the original to the counterfactual.
 
+Attribute-restricted attacks: with attribute ``heads`` (:func:`cfjax.attribution.fit_heads`,
+``cfjax fit-heads``), ``only="a,b"`` keeps every latent step in the span of those heads'
+directions ("change the decision by changing only these attributes") and ``without="c"`` projects
+their directions out of every step, so their heads' outputs stay where they started ("... without
+changing that one"): the optimiser is wrapped by :func:`cfjax.attribution.restricted`. Results
+then carry ``attribute_change``, the change ``phi`` of every head (its local importance).
+
 Differences from the notebook: the notebook attacks one image at a time (batch element 0); here
 every example has its own Adam state and stop, vmapped and continuously batched. Its
 ``converged`` flag is ``i != max_n_iter - 1`` (a crossing at the very last evaluation counts as
@@ -34,12 +41,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from cfjax._validate import CfjaxInputError, check_images
+from cfjax.attribution.importance import local_importance
 from cfjax.methods import objectives as obj
 from cfjax.methods.base import Method, MethodConfig, option, register_method
 from cfjax.methods.models import TargetSpec, as_generator, as_predictor, output_shape, task_of
@@ -72,6 +81,12 @@ class CfAttackConfig(MethodConfig):
   tolerance: float = option(0.05, "regression: stop once |f - target| <= tolerance")
   lam: float = option(0.0, "weight of |z - z0|_1 in the objective (0: the original's)")
   trajectory_every: int = option(10, "record the latent every k steps (0: no trajectory)")
+  heads: Any = option(None, "attribute heads directory (cfjax fit-heads), or (Python) a Heads object: results "
+                      "then carry every head's change attribute_change (phi)", type=str)
+  only: str | None = option(None, "comma-separated attributes of --heads: every step stays in the span of "
+                            "their directions (change the decision by changing only these)", type=str)
+  without: str | None = option(None, "comma-separated attributes of --heads: their directions are "
+                               "projected out of every step (their head outputs stay put)", type=str)
 
 
 @register_method("cf-attack", CfAttackConfig)
@@ -93,12 +108,14 @@ def cf_attack(cfg: CfAttackConfig, *, predictor, generator) -> Method:
     raise CfjaxInputError(f"the generator decodes to {tuple(out.shape)}, not its declared {image_shape}")
   spec = TargetSpec.of(task, output_shape(pred_fn, image_shape))
   f, classification = pred_fn.one, task == "classification"
+  heads, optimizer = _restricted_optimizer(cfg, gen)
   params = {"predictor": pred_fn.params, "generator": gen.params}
+  if heads is not None:
+    params["heads"] = {"kernel": heads.params["kernel"], "bias": heads.params["bias"]}
 
   def judge(pred, target):
-    if classification:
-      return obj.class_probs(pred)[target] > cfg.threshold
-    return jnp.all(jnp.abs(pred - target) <= cfg.tolerance)
+    return obj.target_reached(pred, target, classification=classification, threshold=cfg.threshold,
+                              tolerance=cfg.tolerance)
 
   def objective(p, z, ctx, it):
     pred = f(p["predictor"], gen.decode(p["generator"], z, ctx["decode_key"]))
@@ -114,7 +131,7 @@ def cf_attack(cfg: CfAttackConfig, *, predictor, generator) -> Method:
     return loss, {"pred": pred}
 
   search = Search(objective, lambda p, z, ctx, aux: (judge(aux["pred"], ctx["target"]), aux),
-                  make_optimizer(cfg.optimizer, cfg.lr), cfg.steps, early_stop=True,
+                  optimizer, cfg.steps, early_stop=True,
                   record_every=cfg.trajectory_every)
 
   def init(p, x, target, key):
@@ -134,6 +151,9 @@ def cf_attack(cfg: CfAttackConfig, *, predictor, generator) -> Method:
            "reconstruction": jnp.clip(gen.decode(g, s.ctx["z0"], s.ctx["decode_key"]), 0.0, 1.0)}
     if cfg.trajectory_every:
       out.update(trajectory=s.trajectory, trajectory_length=recorded(search, s))
+    if heads is not None:
+      h = dataclasses.replace(heads, params=p["heads"])
+      out["attribute_change"] = local_importance(h, s.ctx["z0"], s.z)
     return out
 
   def validate(inputs, targets):
@@ -152,6 +172,22 @@ def cf_attack(cfg: CfAttackConfig, *, predictor, generator) -> Method:
 
   settings = {**cfg.settings(), "task": task, "generator": gen.name,
               "latent_shape": list(latent_shape)}
+  if heads is not None:
+    settings["head_names"] = list(heads.names)
   return Method(init=init, step=lambda p, s: search_step(search, p, s), done=lambda s: s.done,
                 result=result, params=params, max_steps=cfg.steps, name="cf-attack",
                 settings=settings, validate=validate)
+
+
+def _restricted_optimizer(cfg: CfAttackConfig, gen):
+  """The attack's heads (or None) and its optimiser, restricted to the ``only`` / ``without`` span."""
+  from cfjax.attribution import attribute_restriction, load_heads, restricted
+  optimizer = make_optimizer(cfg.optimizer, cfg.lr)
+  heads = cfg.heads
+  if isinstance(heads, str):
+    heads = load_heads(heads)
+  if heads is not None:
+    heads.check_generator(gen)
+  r = attribute_restriction(heads, only=cfg.only, without=cfg.without)
+  return heads, optimizer if r is None else restricted(optimizer, r.space, r.mode)
+
