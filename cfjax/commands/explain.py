@@ -22,7 +22,7 @@ MODEL_FLAGS = ("predictor", "diffusion", "generator")
 
 
 def add_parser(sub):
-  p = sub.add_parser("explain", help="explain a dataset with any method (ace, acre, cf-attack, ...)",
+  p = sub.add_parser("explain", help="explain a dataset with any method (ace, acre, cf-attack, diffae-re, ...)",
                      description=__doc__.splitlines()[0], add_help=False, allow_abbrev=False)
   _common(p)
   p.set_defaults(func=run, accepts_extra=True)
@@ -30,7 +30,7 @@ def add_parser(sub):
 
 def _common(p):
   p.add_argument("-h", "--help", action="store_true", help="show this help (with --method: its options)")
-  p.add_argument("--method", help="a registered method: " + ", ".join(_methods()))
+  p.add_argument("--method", help="a registered method (cfjax explain --help lists them)")
   p.add_argument("--dataset", help="e.g. squares_grid_lower, shapes, mnist, celeb_a")
   p.add_argument("--split", default="test")
   p.add_argument("--limit", type=int, default=None, help="explain the first N images")
