@@ -577,7 +577,9 @@ def main(argv=None) -> dict:
                     "best_config": {k: best[k] for k in ("devices", "slots", "steps_per_call")},
                     "official_ce_per_s": res["official_ce_per_s"],
                     "best_vs_official": best["ce_per_s"] / res["official_ce_per_s"], "target": 30.0,
-                    "target_met": best["ce_per_s"] / res["official_ce_per_s"] >= 30.0,
+                    # judged against the official loop at its faster threading: two OpenMP threads
+                    # stall for one image at a time on a loaded machine, which would flatter cfjax
+                    "target_met": best["ce_per_s"] / res["official_best_threading_ce_per_s"] >= 30.0,
                     "official_best_threading_ce_per_s": res["official_best_threading_ce_per_s"],
                     "best_vs_official_best_threading": best["ce_per_s"] / res["official_best_threading_ce_per_s"],
                     "all_variants_agree_with_official": all(
