@@ -1,6 +1,6 @@
 """``cfjax convert-checkpoint``: a PyTorch state dict -> a cfjax (orbax) checkpoint.
 
-Three families of named configs:
+Four families of named configs:
 
 * guided-diffusion UNets (``celeba128``, ``celebahq256``, ``imagenet256_uncond``, ``small32``, ...)
   for released ACE / DiME / guided-diffusion ``.pt`` files; meta ``{"kind": "diffusion", ...}``;
@@ -12,11 +12,15 @@ Three families of named configs:
 * Diff-AE (:mod:`cfjax.nets.diffae_import`): ``diffae`` (the architecture recorded in a Lightning
   ``.ckpt``'s ``hyper_parameters``), a template name (``ffhq256_autoenc``, ``ffhq128_autoenc_130M``,
   ...) or ``diffae:PATH.json`` (TrainConfig fields); EMA weights unless ``--weights model``; meta
-  ``{"kind": "generator", "generator": "diffae", "diffusion": {"steps", "schedule", "T_eval"}, ...}``.
+  ``{"kind": "generator", "generator": "diffae", "diffusion": {"steps", "schedule", "T_eval"}, ...}``;
+* pytorch-fid's InceptionV3 (:mod:`cfjax.nets.inception_import`): ``fid_inception_v3`` for
+  ``pt_inception-2015-12-05-6726825d.pth``; meta ``{"kind": "features", "features": "pool3",
+  "dim": 2048, ...}``, loaded by :func:`cfjax.metrics.features.feature_extractor`.
 
 Example:
   cfjax convert-checkpoint mnist_autoencoder_weights.pth --config cf_attacks_mnist_vae --out ckpt/mnist_vae
   cfjax convert-checkpoint checkpoints/ffhq256_autoenc/last.ckpt --config diffae --out ckpt/diffae_ffhq256
+  cfjax convert-checkpoint pt_inception-2015-12-05-6726825d.pth --config fid_inception_v3 --out ckpt/inception
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from pathlib import Path
 def add_parser(sub):
   p = sub.add_parser(
       "convert-checkpoint",
-      help="convert a guided-diffusion / ACE / DiME or Counterfactual Attacks .pt(h) (or .npz) "
-           "state dict to a cfjax checkpoint",
+      help="convert a guided-diffusion / ACE / DiME, Counterfactual Attacks, Diff-AE or "
+           "pytorch-fid InceptionV3 .pt(h) (or .npz) state dict to a cfjax checkpoint",
       description="Reads the state dict with torch.load(weights_only=True) (never arbitrary "
                   "unpickling), checks every key and shape against the named config, and "
                   "writes an orbax checkpoint that cfjax's loaders accept.")
@@ -40,7 +44,7 @@ def add_parser(sub):
                  help="named UNet config (celeba128, celebahq256, imagenet256_uncond, small32, ...) "
                       "or Counterfactual Attacks config (cf_attacks_mnist_vae, cf_attacks_mnist_classifier) "
                       "or Diff-AE (diffae: from the .ckpt; a template such as ffhq256_autoenc; "
-                      "diffae:PATH.json)")
+                      "diffae:PATH.json) or pytorch-fid's InceptionV3 (fid_inception_v3)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                  help="override a config entry, e.g. --set num_classes=1000 --set dtype='\"bfloat16\"'")
   p.add_argument("--steps", type=int, help="diffusion steps the model was trained with (default: the config's)")
@@ -104,6 +108,19 @@ def _diffae(args, overrides: dict, src: Path):
   return net, meta
 
 
+def _fid_inception(args, overrides: dict, src: Path):
+  """``(network, meta)`` of pytorch-fid's InceptionV3 weights."""
+  from cfjax._validate import CfjaxInputError
+  from cfjax.nets import inception_import
+  if args.steps or args.schedule:
+    raise CfjaxInputError("--steps and --schedule apply to diffusion models, not fid_inception_v3")
+  net = inception_import.load_fid_inception(src, **overrides)
+  meta = {"kind": "features", "features": "pool3", "dim": 2048,
+          "paper": "Heusel et al. 2017, GANs Trained by a Two Time-Scale Update Rule (FID)",
+          "repository": "mseitzer/pytorch-fid"}
+  return net, meta
+
+
 def _is_diffae(name: str) -> bool:
   from cfjax.nets.diffae_configs import TRAIN_CONFIGS
   return name == "diffae" or name.startswith("diffae:") or name in TRAIN_CONFIGS
@@ -117,6 +134,8 @@ def run(args) -> int:
   src = Path(args.source)
   if args.config in cf_attacks_import.CF_ATTACKS_CONFIGS:
     net, meta = _cf_attacks(args, overrides, src)
+  elif args.config == "fid_inception_v3":
+    net, meta = _fid_inception(args, overrides, src)
   elif _is_diffae(args.config):
     net, meta = _diffae(args, overrides, src)
   else:

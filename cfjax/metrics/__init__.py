@@ -12,6 +12,9 @@ the data equals one pass over all of it.
 * :func:`cout`, :func:`cout_curves`
 * realism: :func:`fid`, :func:`sfid`, :func:`frechet_distance`, :func:`fid_from_features`,
   :func:`sfid_from_features`, the float64 statistics ``stats_*``
+* feature networks (:mod:`cfjax.metrics.features`): :func:`feature_extractor` (``"inception"``
+  from a converted pytorch-fid checkpoint, a testbed's in-domain network ``"squares"`` /
+  ``"shapes"``, any predictor checkpoint), :class:`FeatureExtractor`
 * testbeds: :func:`region_change`, :func:`squares_regions`, :func:`squares_factor_change`,
   :func:`shapes_background_change`, :func:`ideal_distance`, :func:`squares_report`
 * drivers: :func:`compute`, :class:`Evaluator` (an ``on_result`` callback), :func:`evaluate_results`
@@ -35,6 +38,8 @@ from cfjax.metrics.base import (  # noqa: F401
     Metric, kahan_add, kahan_init, kahan_value, mean_metric)
 from cfjax.metrics.evaluate import (  # noqa: F401
     Evaluator, compute, evaluate_results, load_results, stream_results)
+from cfjax.metrics.features import (  # noqa: F401
+    FeatureExtractor, feature_extractor, known_feature_extractors)
 from cfjax.metrics.realism import (  # noqa: F401
     fid, fid_from_features, frechet_distance, sfid, sfid_from_features, stats_finalize, stats_init,
     stats_update)

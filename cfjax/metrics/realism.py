@@ -1,10 +1,11 @@
 """FID from streaming float64 feature statistics, and sFID with ACE's split protocol.
 
 Features come from any jittable function of NHWC images in [0, 1] to (N, D) (InceptionV3's pool
-features give the usual FID; a small network gives a testbed FID). The mean and covariance of each
-set are accumulated on the host in float64 (Chan's parallel update of the mean and the centred
-co-moment matrix), so neither the order nor the size of the batches changes them beyond float64
-round-off. The Frechet distance of two Gaussians,
+features give the usual FID; a small network gives a testbed FID), or a
+:class:`cfjax.metrics.features.FeatureExtractor`, called as it is (compiled with its parameters as
+arguments). The mean and covariance of each set are accumulated on the host in float64 (Chan's
+parallel update of the mean and the centred co-moment matrix), so neither the order nor the size of
+the batches changes them beyond float64 round-off. The Frechet distance of two Gaussians,
 
     d^2 = ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)),
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import jax
 import numpy as np
 
 from cfjax._validate import CfjaxInputError, check_images
@@ -121,7 +121,8 @@ def fid_from_features(real, fake) -> float:
 
 
 def _host_features(features: Callable):
-  jitted = jax.jit(features)
+  from cfjax.metrics.features import host_callable
+  jitted = host_callable(features)
 
   def get(x, valid):
     f = np.asarray(jitted(x))

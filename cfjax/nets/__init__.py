@@ -1,4 +1,5 @@
-"""Flax networks: the ADM UNet, predictors, the Counterfactual Attacks VAE, importers, loaders.
+"""Flax networks: the ADM UNet, predictors, the Counterfactual Attacks VAE, pytorch-fid's
+InceptionV3, importers, loaders.
 
 Every network is registered by name in :mod:`cfjax.nets.registry` and used functionally:
 ``net = build(config)`` gives ``net.apply(net.params, ...)``.
@@ -13,5 +14,6 @@ from cfjax.nets import registry  # noqa: F401
 from cfjax.nets import predictors  # noqa: F401  (registers "small_cnn", "resnet18", "oracle")
 from cfjax.nets import vae  # noqa: F401  (registers "cf_vae", "cf_mnist_cnn")
 from cfjax.nets import diffae  # noqa: F401  (registers "diffae")
+from cfjax.nets import inception  # noqa: F401  (registers "fid_inception_v3")
 from cfjax.nets.predictors import Predictor  # noqa: F401
 from cfjax.nets.loading import DiffusionModel, load_diffusion, load_network, load_predictor, resolve_checkpoint  # noqa: F401

@@ -15,6 +15,9 @@ Conventions (the same for every architecture):
 * Input: NHWC float32 images in [0, 1]; the network maps them to [-1, 1] itself.
 * Output: ``num_outputs == 1`` gives shape ``(B,)`` (a regression value or a binary logit), otherwise
   ``(B, num_outputs)`` logits. The oracle always gives ``(B, num_attributes)`` logits.
+* ``features`` (``registry.make_apply(config, "features")``) gives the penultimate-layer
+  features ``(B, D)``, the input of the output layer; :mod:`cfjax.metrics.features` uses them as
+  a testbed's in-domain feature network.
 * No BatchNorm: ``apply(params, x)`` is a pure function with no mutable batch statistics, so it
   can be differentiated with respect to the input, vmapped over single images and jitted once.
   The default is no normalisation at all (``norm="none"``): per-sample normalisation (GroupNorm)
@@ -116,8 +119,12 @@ class SmallCNN(nnx.Module):
     self.trunk = ConvTrunk(image_size, width, stages, hidden, norm, rngs=rngs, arch="small_cnn")
     self.out = nnx.Linear(hidden, num_outputs, rngs=rngs)
 
+  def features(self, x):
+    """Penultimate-layer features ``(B, hidden)``: the dense layer before the output."""
+    return self.trunk(x)
+
   def __call__(self, x):
-    return _squeeze(self.out(self.trunk(x)), self.num_outputs)
+    return _squeeze(self.out(self.features(x)), self.num_outputs)
 
 
 class BasicBlock(nnx.Module):
@@ -171,14 +178,18 @@ class ResNet18(nnx.Module):
     self.blocks = nnx.List(blocks)
     self.out = nnx.Linear(cin, num_outputs, rngs=rngs)
 
-  def __call__(self, x):
+  def features(self, x):
+    """Penultimate-layer features ``(B, 8 * width)``: the global average pool."""
     h = self.stem(x * 2.0 - 1.0)
     if self.stem_norm is not None:
       h = self.stem_norm(h)
     h = nnx.relu(h)
     for block in self.blocks:
       h = block(h)
-    return _squeeze(self.out(h.mean(axis=(1, 2))), self.num_outputs)
+    return h.mean(axis=(1, 2))
+
+  def __call__(self, x):
+    return _squeeze(self.out(self.features(x)), self.num_outputs)
 
 
 @register("oracle")
@@ -199,8 +210,12 @@ class Oracle(nnx.Module):
     self.trunk = ConvTrunk(image_size, width, stages, hidden, norm, rngs=rngs, arch="oracle")
     self.heads = nnx.Linear(hidden, num_attributes, rngs=rngs)
 
+  def features(self, x):
+    """Penultimate-layer features ``(B, hidden)``: the shared dense layer."""
+    return self.trunk(x)
+
   def __call__(self, x):
-    return self.heads(self.trunk(x))
+    return self.heads(self.features(x))
 
 
 class Predictor:
