@@ -79,3 +79,19 @@ def test_bad_settings_are_refused_before_training(tmp_path):
     diffae.train(diffae.DiffaeTrainConfig(dataset="squares", out=str(tmp_path), net="tiny32", T_eval=0))
   with pytest.raises(CfjaxInputError, match="unknown Diff-AE config"):
     diffae.train(diffae.DiffaeTrainConfig(dataset="squares", out=str(tmp_path), net="nonesuch"))
+
+
+def test_a_signal_stops_training_at_the_next_step_boundary():
+  """SIGTERM only sets a flag (raising in the handler could land in a callback that swallows it);
+  the hook raises at the next step, where the training loop checkpoints; handlers are restored."""
+  import os
+  import signal
+
+  from cfjax.commands._training import interruptible
+  before = signal.getsignal(signal.SIGTERM)
+  with interruptible() as stop:
+    stop(1, None)
+    os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="before step 3"):
+      stop(2, None)
+  assert signal.getsignal(signal.SIGTERM) is before

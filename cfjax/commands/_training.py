@@ -25,19 +25,35 @@ def command_line(command: str, args: argparse.Namespace, options: Sequence[str])
   return shlex.join(parts)
 
 
-def _interrupt(signum, frame):
-  raise KeyboardInterrupt(f"signal {signum}")
-
-
 @contextlib.contextmanager
 def interruptible():
-  """SIGINT and SIGTERM become KeyboardInterrupt while a training runs, so that the training loop
-  checkpoints the current step before exiting (a background job started with ``nohup ... &``
-  ignores SIGINT, and ``kill`` sends SIGTERM). Outside the main thread it changes nothing."""
+  """Yields a training hook that stops the run at the next step boundary after SIGINT or SIGTERM.
+
+  The training loop checkpoints the current step when a hook raises, so an interrupted run
+  resumes exactly (a background job started with ``nohup ... &`` ignores SIGINT, and ``kill``
+  sends SIGTERM). The signal only sets a flag: raising from the handler could land inside a
+  callback that swallows it (e.g. JAX's garbage-collection hook). A second signal raises at once.
+  Outside the main thread no handler is installed.
+
+  Example:
+    >>> with interruptible() as stop:
+    ...   stop(1, None)  # a hook: does nothing until a signal arrives
+  """
+  received: list[int] = []
+
+  def handler(signum, frame):
+    if received:
+      raise KeyboardInterrupt(f"signal {signum}")
+    received.append(signum)
+
+  def stop(step, state):
+    if received:
+      raise KeyboardInterrupt(f"signal {received[0]} before step {step + 1}")
+
   main = threading.current_thread() is threading.main_thread()  # signal handlers need it
-  previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
   try:
-    yield
+    yield stop
   finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
+    for s, h in previous.items():
+      signal.signal(s, h)

@@ -62,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
       diffusion_steps=args.diffusion_steps, schedule=args.schedule, T_eval=args.t_eval, seed=args.seed,
       sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
       eval_limit=args.eval_limit)
-  with _training.interruptible():
+  with _training.interruptible() as stop:
     result = diffae.train(cfg, command=_training.command_line("train-diffae", args, _RUN_OPTIONS),
-                          progress=not args.no_progress)
+                          hooks=[stop], progress=not args.no_progress)
   metrics = ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items() if isinstance(v, float))
   print(f"saved {result['model']}; reconstructions {result['grid']}")
   print(f"metrics: {metrics}")

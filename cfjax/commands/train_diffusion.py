@@ -85,14 +85,14 @@ def net_config(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
   from cfjax.training import diffusion
   testbed = {} if args.rho is None else {"rho": args.rho}
-  with _training.interruptible():
-    result = _train(diffusion, args, testbed)
+  with _training.interruptible() as stop:
+    result = _train(diffusion, args, testbed, stop)
   print(f"saved {result['model']}; samples {result['grid']}")
   print(f"metrics: {result['metrics']}")
   return 0
 
 
-def _train(diffusion, args, testbed):
+def _train(diffusion, args, testbed, stop):
   return diffusion.train(
       dataset=args.dataset, net=net_config(args), out=args.out, steps=args.steps,
       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -100,4 +100,4 @@ def _train(diffusion, args, testbed):
       schedule=args.schedule, seed=args.seed, image_size=args.image_size, testbed_kwargs=testbed,
       sample_every=args.sample_every, sampler=args.sampler, sample_respacing=args.sample_respacing,
       checkpoint_every=args.checkpoint_every, filter_images=args.filter_images,
-      command=command_line(args), progress=not args.no_progress)
+      command=command_line(args), hooks=[stop], progress=not args.no_progress)

@@ -59,13 +59,13 @@ def command_line(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
   from cfjax.training import vae
   testbed = {} if args.rho is None else {"rho": args.rho}
-  with _training.interruptible():
+  with _training.interruptible() as stop:
     result = vae.train(
         dataset=args.dataset, out=args.out, image_size=args.image_size, latent_dim=args.latent_dim,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule, edge_weight=args.edge_weight,
         l1_weight=args.l1_weight, kl_weight=args.kl_weight, seed=args.seed, testbed_kwargs=testbed,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-        eval_limit=args.eval_limit, command=command_line(args), progress=not args.no_progress)
+        eval_limit=args.eval_limit, command=command_line(args), hooks=[stop], progress=not args.no_progress)
   metrics = ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items() if isinstance(v, float))
   print(f"saved {result['model']}; reconstructions {result['grid']}")
   print(f"metrics: {metrics}")
