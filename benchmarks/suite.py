@@ -29,10 +29,10 @@ from __future__ import annotations
 import argparse
 import time
 
+import common  # noqa: I001  (before JAX: it sets XLA_FLAGS)
+
 import jax
 import numpy as np
-
-import common
 
 import cfjax
 from cfjax import data
