@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cfjax._validate import CfjaxInputError, check_choice, check_images
+from cfjax.pipeline.writer import load_results  # noqa: F401  (re-exported)
 
 KINDS = ("mean_abs", "directed")
 
@@ -189,23 +190,6 @@ def bar_plot(attribution: Attribution, path, *, top: int = 10, kind: str | None 
 
 
 # -- from the results of a method ------------------------------------------------------------------
-
-def load_results(source) -> dict[str, np.ndarray]:
-  """Results of a method as arrays: a dict, a ``results.npz`` file, a job directory holding one,
-  or an engine run directory (``manifest.json`` + shards)."""
-  if isinstance(source, Mapping):
-    return {k: np.asarray(v) for k, v in source.items()}
-  p = Path(source)
-  if p.is_dir() and (p / "results.npz").is_file():
-    p = p / "results.npz"
-  if p.is_file():
-    with np.load(p, allow_pickle=False) as z:
-      return {k: z[k] for k in z.files}
-  if p.is_dir() and any(p.glob("manifest*.json")):
-    from cfjax.pipeline.writer import read_results
-    return read_results(p)
-  raise CfjaxInputError(f"{source} holds no results (no results.npz and no run manifest)")
-
 
 def encode_images(generator, images, *, key, batch_size: int = 64) -> np.ndarray:
   """Latents of HWC images in [0, 1] with the generator's encoder; image i uses ``fold_in(key, i)``.

@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import jax
@@ -28,6 +27,7 @@ import numpy as np
 
 from cfjax._validate import CfjaxInputError
 from cfjax.metrics.base import Batch, Metric
+from cfjax.pipeline.writer import load_results  # noqa: F401  (re-exported)
 
 
 def _padded_size(n: int) -> int:
@@ -164,22 +164,6 @@ def compute(metrics: Metric | Sequence[Metric], batches: Batch | Iterable[Batch]
   for b in batches:
     ev.update(b)
   return ev.result()
-
-
-def load_results(results) -> dict[str, np.ndarray]:
-  """Results as a dict: given as one, a ``results.npz`` file, a job directory or a run directory."""
-  if isinstance(results, dict):
-    return {k: np.asarray(v) for k, v in results.items()}
-  path = Path(results)
-  if path.is_dir() and (path / "results.npz").is_file():
-    path = path / "results.npz"
-  if path.is_file():
-    with np.load(path, allow_pickle=False) as z:
-      return {k: z[k] for k in z.files}
-  if path.is_dir() and any(path.glob("manifest*.json")):
-    from cfjax.pipeline.writer import read_results
-    return read_results(path)
-  raise CfjaxInputError(f"{results} is neither a results.npz file, a job directory nor a run directory.")
 
 
 def evaluate_results(results, metrics: Sequence[Metric], *, data: dict | None = None,

@@ -45,7 +45,7 @@ import numpy as np
 from cfjax._validate import CfjaxInputError, check_choice
 from cfjax.nets import diffae as _diffae  # noqa: F401  (registers "diffae")
 from cfjax.nets import diffae_configs, registry
-from cfjax.nets.torch_import import ImportError_, read_state_dict
+from cfjax.nets.torch_import import ImportError_, read_state_dict, torch_load_weights_only
 
 WEIGHTS = {"ema": "ema_model.", "model": "model."}
 _IGNORED = ("x_T", "conds_mean", "conds_std")
@@ -159,16 +159,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict | None]:
     return read_state_dict(path), None
   if not path.is_file():
     raise ImportError_(f"checkpoint {path} does not exist")
-  try:
-    import torch
-  except ModuleNotFoundError as e:
-    raise ImportError_("reading Lightning checkpoints needs torch: pip install 'cfjax[torch]'") from e
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError on truncated zips, ...
-    raise ImportError_(
-        f"{path} cannot be loaded with torch.load(weights_only=True) (cfjax never unpickles "
-        f"arbitrary objects; re-save its state_dict as .npz): {type(e).__name__}: {str(e)[:300]}") from e
+  obj = torch_load_weights_only(path, "as a Lightning checkpoint")
+  import torch  # installed: torch_load_weights_only needs it
   if not isinstance(obj, Mapping) or not isinstance(obj.get("state_dict"), Mapping):
     raise ImportError_(f"{path} is not a Lightning checkpoint (no 'state_dict' entry)")
   sd = {str(k): v.detach().to(torch.float32).numpy() for k, v in obj["state_dict"].items()

@@ -80,6 +80,21 @@ def torch_key_to_path(key: str) -> tuple[tuple, str] | None:
   return prefix + _SUBMODULES[rest], leaf
 
 
+def torch_load_weights_only(path: Path, what: str = ""):
+  """``torch.load(path, weights_only=True)`` on the CPU: tensors and containers only, never
+  arbitrary pickled objects; a clear error when torch is missing or the file is refused."""
+  try:
+    import torch
+  except ModuleNotFoundError as e:
+    raise ImportError_("reading PyTorch files needs torch: pip install 'cfjax[torch]'") from e
+  try:
+    return torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError on truncated zips, ...
+    raise ImportError_(
+        f"{path} cannot be loaded {what} with torch.load(weights_only=True) (refused or failed; cfjax "
+        f"never unpickles arbitrary objects): {type(e).__name__}: {str(e)[:300]}") from e
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a ``.pt``/``.pth`` (torch, weights only) or ``.npz`` state dict into numpy arrays."""
   path = Path(path)
@@ -93,16 +108,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       raise ImportError_(f"{path} holds objects, not plain arrays; refusing to unpickle it: {e}") from e
     except Exception as e:  # noqa: BLE001 - zipfile/bad data
       raise ImportError_(f"{path} is not a readable .npz file: {e}") from e
-  try:
-    import torch
-  except ModuleNotFoundError as e:
-    raise ImportError_("reading PyTorch files needs torch: pip install 'cfjax[torch]'") from e
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError on truncated zips, ...
-    raise ImportError_(
-        f"{path} cannot be loaded as a plain tensor state dict (weights_only=True refused or "
-        f"failed; cfjax never unpickles arbitrary objects): {type(e).__name__}: {str(e)[:300]}") from e
+  obj = torch_load_weights_only(path, "as a plain tensor state dict")
+  import torch  # installed: torch_load_weights_only needs it
   if not isinstance(obj, Mapping):
     raise ImportError_(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
   out = {}

@@ -28,6 +28,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -150,3 +151,19 @@ def read_results(out_dir) -> dict[str, np.ndarray]:
   out = {k: np.concatenate([p[k] for p in parts]) for k in keys}
   order = np.argsort(out["id"], kind="stable")
   return {k: v[order] for k, v in out.items()}
+
+
+def load_results(results) -> dict[str, np.ndarray]:
+  """Results of a method as arrays, from what a user has in hand: a dict, a ``results.npz`` file,
+  a job directory holding one, or an engine run directory (``manifest.json`` + shards)."""
+  if isinstance(results, Mapping):
+    return {k: np.asarray(v) for k, v in results.items()}
+  path = Path(results)
+  if path.is_dir() and (path / "results.npz").is_file():
+    path = path / "results.npz"
+  if path.is_file():
+    with np.load(path, allow_pickle=False) as z:
+      return {k: z[k] for k in z.files}
+  if path.is_dir() and any(path.glob("manifest*.json")):
+    return read_results(path)
+  raise CfjaxInputError(f"{results} is neither a results.npz file, a job directory nor a run directory.")
