@@ -33,4 +33,4 @@ from cfjax.attribution.metrics import auc, evaluate  # noqa: F401
 from cfjax.attribution.storage import load_heads, save_heads  # noqa: F401
 from cfjax.attribution.importance import (  # noqa: F401
     Attribution, attribute_ces, bar_plot, ce_latents, direction_signs, encode_images, global_importance,
-    load_results, local_importance, rank_order)
+    local_importance, rank_order)
