@@ -130,7 +130,37 @@ def test_cli_classification_on_shapes(tmp_path):
   assert 0.0 <= meta["metrics"]["accuracy"] <= 1.0
 
 
+def test_targets_standardise_every_factor():
+  t = predictor.Targets.estimate("shapes", "all", image_size=32, examples=1024)
+  assert sorted(t.names) == ["background", "shape", "size", "x", "y"]
+  b = data.load("shapes", image_size=32, batch_size=1024, shuffle=False)[0]
+  y = t.labels(b)
+  assert y.shape == (1024, 5) and y.dtype == np.float32
+  np.testing.assert_allclose(y.mean(0), 0.0, atol=1e-4)
+  np.testing.assert_allclose(y.std(0), 1.0, atol=1e-4)
+  # Column k is factor k, affinely: standardising keeps the order of the values.
+  np.testing.assert_array_equal(np.argsort(y[:, t.names.index("x")], kind="stable"), np.argsort(b["x"], kind="stable"))
+
+
+def test_cli_targets_train_one_output_per_factor(tmp_path):
+  out = tmp_path / "feat"
+  argv = ["train-predictor", "--dataset", "squares", "--task", "regression", "--targets", "color_a,color_b",
+          "--width", "4", "--image-size", "32", "--steps", "3", "--batch-size", "16", "--out", str(out),
+          "--no-progress"]
+  assert cli.main(argv) == 0
+  net, meta = checkpoint.load(out / "model")
+  assert net.config["num_outputs"] == 2
+  assert meta["targets"]["names"] == ["color_a", "color_b"]
+  assert "--targets color_a,color_b" in meta["command"]
+  # color_a is uniform over 256 levels in balanced halves: its standard deviation is near 256/sqrt(12).
+  assert meta["targets"]["std"][0] == pytest.approx(256 / 12 ** 0.5, rel=0.05)
+  assert {"mae", "r2_color_a", "r2_color_b"} <= set(meta["metrics"])
+  assert "background_reliance" not in meta["metrics"]
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--dataset", "squares", "--task", "regression", "--targets", "color_c"], "unknown attribute of 'squares'"),
+    (["--dataset", "shapes", "--task", "classification", "--targets", "all"], "use task 'regression'"),
     (["--dataset", "squarez", "--task", "regression"], "unknown dataset 'squarez'"),
     (["--dataset", "squares", "--task", "regression", "--arch", "resnet19"],
      "unknown predictor architecture 'resnet19'"),

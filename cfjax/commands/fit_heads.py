@@ -19,8 +19,6 @@ import dataclasses
 from cfjax._validate import CfjaxInputError, unknown_name
 
 ALL = "all"
-# Batch entries that are not attributes (the label repeats a factor: squares' color_a, shapes' shape).
-_NOT_SCALAR = ("mask", "color", "image", "id", "label")
 
 
 def add_parser(sub):
@@ -72,28 +70,6 @@ def _families(text: str, num_attributes: int) -> tuple[str, ...]:
   return fams
 
 
-def available_attributes(batch) -> list[str]:
-  """The attributes a batch carries: scalar testbed factors or CelebA's 40."""
-  from cfjax.data.real import CELEBA_ATTRIBUTES
-  if "attributes" in batch:
-    return list(CELEBA_ATTRIBUTES)
-  return [k for k, v in batch.items() if k not in _NOT_SCALAR and getattr(v, "ndim", 0) == 1]
-
-
-def attribute_columns(batch, names) -> dict:
-  """name -> (B,) float labels of one batch (CelebA: -1, i.e. unknown, becomes NaN)."""
-  import numpy as np
-  from cfjax.data.real import CELEBA_ATTRIBUTES
-  out = {}
-  for n in names:
-    if "attributes" in batch and n in CELEBA_ATTRIBUTES:
-      v = batch["attributes"][:, CELEBA_ATTRIBUTES.index(n)].astype(np.float32)
-      out[n] = np.where(v < 0, np.nan, v)
-    else:
-      out[n] = np.asarray(batch[n], np.float32)
-  return out
-
-
 def _load_data(args, size: int):
   import numpy as np
   from cfjax import data
@@ -101,7 +77,7 @@ def _load_data(args, size: int):
   ds = data.load(args.dataset, split=args.split, batch_size=min(args.limit, 256), shuffle=False,
                  image_size=size, data_dir=args.data_dir, **parse_options(args.dataset_option))
   first = next(iter(ds))
-  avail = available_attributes(first)
+  avail = data.attribute_names(first)
   named = {ALL: avail, "none": []}
   wanted = named[args.attributes] if args.attributes in named else [s.strip() for s in args.attributes.split(",")]
   for n in wanted:
@@ -110,7 +86,7 @@ def _load_data(args, size: int):
   images, cols, count = [], {n: [] for n in wanted}, 0
   for b in ds:
     images.append(b["image"])
-    for n, v in attribute_columns(b, wanted).items():
+    for n, v in data.attribute_columns(b, wanted).items():
       cols[n].append(v)
     count += len(b["image"])
     if count >= args.limit:

@@ -16,7 +16,7 @@ import argparse
 from cfjax.commands import _training
 
 # Options that define the run, in the order the canonical command line lists them.
-_RUN_OPTIONS = ("dataset", "task", "arch", "attribute", "rho", "image_size", "width", "steps",
+_RUN_OPTIONS = ("dataset", "task", "arch", "attribute", "targets", "rho", "image_size", "width", "steps",
                 "batch_size", "lr", "weight_decay", "schedule", "warmup", "seed", "eval_every",
                 "checkpoint_every", "log_every", "out")
 
@@ -28,6 +28,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--task", required=True, choices=("regression", "classification"))
   p.add_argument("--arch", default="small_cnn", help="small_cnn or resnet18")
   p.add_argument("--attribute", default=None, help="label attribute (e.g. Smiling for celeb_a)")
+  p.add_argument("--targets", default=None,
+                 help="regress on these attributes together (comma-separated, or 'all'; standardised) "
+                      "instead of the label: a testbed's in-domain feature network")
   p.add_argument("--rho", type=float, default=None, help="shortcut strength of a testbed (squares, shapes)")
   p.add_argument("--image-size", type=int, default=32)
   p.add_argument("--width", type=int, default=None, help="network width (arch default if unset)")
@@ -52,6 +55,12 @@ def command_line(args: argparse.Namespace) -> str:
   return _training.command_line("train-predictor", args, _RUN_OPTIONS)
 
 
+def _targets(text: str | None):
+  if text is None or text == "all":
+    return text
+  return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
 def run(args: argparse.Namespace) -> int:
   from cfjax.training import predictor
   testbed = {} if args.rho is None else {"rho": args.rho}
@@ -59,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
       dataset=args.dataset, task=args.task, arch=args.arch, out=args.out, steps=args.steps,
       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
       schedule=args.schedule, warmup=args.warmup, seed=args.seed, image_size=args.image_size,
-      width=args.width, attribute=args.attribute, testbed_kwargs=testbed,
+      width=args.width, attribute=args.attribute, testbed_kwargs=testbed, targets=_targets(args.targets),
       eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
       command=command_line(args), progress=not args.no_progress)
   metrics = ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items() if isinstance(v, float))

@@ -242,4 +242,33 @@ def dataset_info(name: str, attribute: str | None = None, **kwargs: Any) -> dict
   return info
 
 
-__all__ = ["DATASETS", "dataset_info", "load", "shapes", "squares", "squares_grid"]
+# Batch entries that are not attributes (the label repeats a factor: squares' color_a, shapes' shape).
+_NOT_ATTRIBUTES = ("mask", "color", "image", "id", "label")
+
+
+def attribute_names(batch: dict) -> list[str]:
+  """The attributes a batch of :func:`load` carries: a testbed's scalar factors or CelebA's 40.
+
+  Example:
+    >>> attribute_names(next(iter(load("squares", image_size=32, n=8, batch_size=8))))
+    ['color_a', 'color_b', 'x', 'y']
+  """
+  if "attributes" in batch:
+    return list(real.CELEBA_ATTRIBUTES)
+  return [k for k, v in batch.items() if k not in _NOT_ATTRIBUTES and getattr(v, "ndim", 0) == 1]
+
+
+def attribute_columns(batch: dict, names) -> dict[str, np.ndarray]:
+  """``name -> (B,)`` float32 values of the named attributes (CelebA's -1, unknown, becomes NaN)."""
+  out = {}
+  for n in names:
+    if "attributes" in batch and n in real.CELEBA_ATTRIBUTES:
+      v = batch["attributes"][:, real.CELEBA_ATTRIBUTES.index(n)].astype(np.float32)
+      out[n] = np.where(v < 0, np.nan, v)
+    else:
+      out[n] = np.asarray(batch[n], np.float32)
+  return out
+
+
+__all__ = ["DATASETS", "attribute_columns", "attribute_names", "dataset_info", "load", "shapes", "squares",
+           "squares_grid"]

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -31,7 +32,7 @@ import numpy as np
 import optax
 
 from cfjax import checkpoint
-from cfjax._validate import CfjaxInputError, check_choice
+from cfjax._validate import CfjaxInputError, check_choice, unknown_name
 from cfjax.nets import registry
 from cfjax.training import loop
 
@@ -121,9 +122,59 @@ def predict_batched(apply: Callable, params, images: np.ndarray, batch_size: int
   return np.concatenate(out)
 
 
-def _metrics(task: str, num_outputs: int, pred: np.ndarray, label: np.ndarray) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Targets:
+  """Several attributes of a dataset as one standardised regression label ``(B, K)``.
+
+  A network trained on every factor of a testbed keeps all of them in its penultimate layer:
+  the in-domain feature network of the metrics (``cfjax.metrics.feature_extractor``).
+  """
+  names: tuple[str, ...]
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+  @classmethod
+  def estimate(cls, dataset: str, names, *, image_size: int, examples: int = 4096, attribute=None,
+               **testbed_kwargs) -> "Targets":
+    """Mean and standard deviation of each named attribute over the first training examples."""
+    data = _data()
+    ds = data.load(dataset, split="train", batch_size=512, shuffle=False, attribute=attribute,
+                   image_size=image_size, **testbed_kwargs)
+    cols, n = [], 0
+    for b in ds:
+      avail = data.attribute_names(b)
+      names = tuple(avail) if names == "all" else tuple(names)
+      for name in names:
+        if name not in avail:
+          raise unknown_name(f"attribute of {dataset!r}", name, avail)
+      c = data.attribute_columns(b, names)
+      cols.append(np.stack([c[k] for k in names], axis=1))
+      n += len(b["image"])
+      if n >= examples:
+        break
+    values = np.concatenate(cols).astype(np.float64)
+    std = np.nanstd(values, axis=0)
+    if np.any(~(std > 0)):
+      raise CfjaxInputError(f"attribute(s) {[k for k, s in zip(names, std) if not s > 0]} do not vary "
+                            f"in {dataset!r}: nothing to regress on")
+    return cls(names, tuple(float(v) for v in np.nanmean(values, axis=0)), tuple(float(v) for v in std))
+
+  def labels(self, batch: dict) -> np.ndarray:
+    """The batch's standardised attributes ``(B, K)`` float32."""
+    c = _data().attribute_columns(batch, self.names)
+    v = np.stack([c[k] for k in self.names], axis=1)
+    return ((v - np.asarray(self.mean)) / np.asarray(self.std)).astype(np.float32)
+
+  def to_json(self) -> dict:
+    return {"names": list(self.names), "mean": list(self.mean), "std": list(self.std)}
+
+
+def _metrics(task: str, num_outputs: int, pred: np.ndarray, label: np.ndarray, targets=None) -> dict:
   if task == "regression":
-    return {"mae": float(np.mean(np.abs(pred - label))), "mse": float(np.mean((pred - label) ** 2))}
+    res = {"mae": float(np.mean(np.abs(pred - label))), "mse": float(np.mean((pred - label) ** 2))}
+    for k, name in enumerate(targets or ()):
+      res[f"r2_{name}"] = float(1.0 - np.mean((pred[:, k] - label[:, k]) ** 2) / max(np.var(label[:, k]), 1e-12))
+    return res
   hit = (pred > 0) == (label > 0.5) if num_outputs == 1 else pred.argmax(-1) == label
   return {"accuracy": float(np.mean(hit))}
 
@@ -137,10 +188,12 @@ def _data():
 
 
 def eval_set(dataset: str, *, image_size: int, max_examples: int = 2048, attribute=None,
-             **testbed_kwargs) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """Named evaluation sets ``{name: (images, labels)}``: the validation grids for squares."""
+             targets: Targets | None = None, **testbed_kwargs) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """Named evaluation sets ``{name: (images, labels)}``: the validation grids for squares.
+
+  With ``targets`` the labels are the standardised attributes (the test split's first examples)."""
   data = _data()
-  if dataset in SQUARES:
+  if dataset in SQUARES and targets is None:
     out = {}
     for which in ("lower", "upper"):
       g = data.squares_grid(which, image_size=image_size)
@@ -157,22 +210,25 @@ def eval_set(dataset: str, *, image_size: int, max_examples: int = 2048, attribu
   imgs, labels, n = [], [], 0
   for b in it:
     imgs.append(np.asarray(b["image"]))
-    labels.append(np.asarray(b["label"]))
+    labels.append(np.asarray(b["label"]) if targets is None else targets.labels(b))
     n += len(imgs[-1])
     if n >= max_examples:
       break
   return {"eval": (np.concatenate(imgs)[:max_examples], np.concatenate(labels)[:max_examples])}
 
 
-def make_evaluator(apply, task: str, num_outputs: int, sets: dict) -> Callable[[dict], dict]:
-  """``state -> metrics``: each metric over all sets together, and per set when there are several."""
+def make_evaluator(apply, task: str, num_outputs: int, sets: dict, targets: Targets | None = None
+                   ) -> Callable[[dict], dict]:
+  """``state -> metrics``: each metric over all sets together, and per set when there are several
+  (with ``targets``, also R^2 per target)."""
+  names = None if targets is None else targets.names
 
   def evaluate(state):
     params = state["params"] if "opt_state" in state else state
     preds = {k: predict_batched(apply, params, x) for k, (x, _) in sets.items()}
     allp = np.concatenate(list(preds.values()))
     alll = np.concatenate([y for _, y in sets.values()])
-    res = _metrics(task, num_outputs, allp, alll)
+    res = _metrics(task, num_outputs, allp, alll, names)
     if len(sets) > 1:
       for k, (_, y) in sets.items():
         res.update({f"{m}_{k}": v for m, v in _metrics(task, num_outputs, preds[k], y).items()})
@@ -182,7 +238,7 @@ def make_evaluator(apply, task: str, num_outputs: int, sets: dict) -> Callable[[
 
 
 def train_stream(dataset: str, *, batch_size: int, seed: int, image_size: int, attribute=None,
-                 **testbed_kwargs) -> Callable[[int], Iterator[dict]]:
+                 targets: Targets | None = None, **testbed_kwargs) -> Callable[[int], Iterator[dict]]:
   """``start_step -> iterator`` of training batches, deterministic given ``seed``.
 
   The loader reshuffles every epoch from ``seed``; resuming at step ``s`` starts at batch ``s``
@@ -198,7 +254,8 @@ def train_stream(dataset: str, *, batch_size: int, seed: int, image_size: int, a
     # The loader is a random-access grain dataset: batch k is ds[k], so resuming costs nothing.
     for k in itertools.count(start):
       b = ds[k]
-      yield {"image": np.asarray(b["image"], np.float32), "label": np.asarray(b["label"])}
+      label = np.asarray(b["label"]) if targets is None else targets.labels(b)
+      yield {"image": np.asarray(b["image"], np.float32), "label": label}
 
   return stream
 
@@ -219,6 +276,7 @@ def train(
     image_size: int = 32,
     width: int | None = None,
     attribute: str | None = None,
+    targets: Sequence[str] | str | None = None,
     testbed_kwargs: dict | None = None,
     eval_every: int = 0,
     checkpoint_every: int = 200,
@@ -237,6 +295,9 @@ def train(
     steps, batch_size, lr, weight_decay, schedule, warmup, seed: optimisation settings.
     image_size, width, attribute, testbed_kwargs: data and network settings (``testbed_kwargs``
       go to ``cfjax.data.load``, e.g. ``{"rho": 1.0}``).
+    targets: attribute names (or ``"all"``) to regress on together instead of the label, each
+      standardised (see :class:`Targets`; ``task`` must be "regression"): a testbed's in-domain
+      feature network.
     eval_every: evaluate every this many steps (0: only at the end).
     command: the command line recorded in the model's meta.
     batches, eval_sets: override the data (``start_step -> iterator`` and ``{name: (x, y)}``);
@@ -252,12 +313,17 @@ def train(
     raise CfjaxInputError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
   testbed_kwargs = dict(testbed_kwargs or {})
   num_outputs = 1
-  if task == "classification":
+  if targets is not None:
+    if task != "regression":
+      raise CfjaxInputError(f"targets regress on attributes: use task 'regression', not {task!r}")
+    targets = Targets.estimate(dataset, targets, image_size=image_size, attribute=attribute, **testbed_kwargs)
+    num_outputs = len(targets.names)
+  elif task == "classification":
     info = _data().dataset_info(dataset, attribute=attribute, **testbed_kwargs)
     if info.get("task", "classification") != "classification":
       raise CfjaxInputError(f"dataset {dataset!r} is a {info['task']} dataset; use --task {info['task']}")
     num_outputs = 1 if int(info["num_classes"]) == 2 else int(info["num_classes"])
-  elif batches is None:
+  elif batches is None:  # a regression on the label
     info = _data().dataset_info(dataset, attribute=attribute, **testbed_kwargs)
     if info.get("task") != "regression":
       raise CfjaxInputError(f"dataset {dataset!r} is a {info.get('task')} dataset; use --task {info.get('task')}")
@@ -265,19 +331,22 @@ def train(
   run = {"dataset": dataset, "task": task, "net": config, "attribute": attribute, "testbed": testbed_kwargs,
          "image_size": image_size, "steps": steps, "batch_size": batch_size, "lr": lr,
          "weight_decay": weight_decay, "schedule": schedule, "warmup": warmup, "seed": seed}
+  if targets is not None:
+    run["targets"] = targets.to_json()
   # Data problems (unknown option, data not prepared) surface before the run directory is claimed.
   if batches is None:
     batches = train_stream(dataset, batch_size=batch_size, seed=seed, image_size=image_size,
-                           attribute=attribute, **testbed_kwargs)
+                           attribute=attribute, targets=targets, **testbed_kwargs)
   if eval_sets is None:
-    eval_sets = eval_set(dataset, image_size=image_size, attribute=attribute, **testbed_kwargs)
+    eval_sets = eval_set(dataset, image_size=image_size, attribute=attribute, targets=targets,
+                         **testbed_kwargs)
   out = Path(out)
   loop.check_run_config(out, run)
   apply = registry.make_apply(config)
   tx = optimizer(lr, steps, schedule=schedule, weight_decay=weight_decay, warmup=warmup)
   state = init_state(config, tx, seed)
   step_fn = make_train_step(apply, tx, task, num_outputs)
-  evaluate = make_evaluator(apply, task, num_outputs, eval_sets)
+  evaluate = make_evaluator(apply, task, num_outputs, eval_sets, targets)
   log = loop.JsonlLog(out / "log.jsonl")
   ckpts = loop.TrainCheckpoints(out / "checkpoints")
   try:
@@ -291,7 +360,9 @@ def train(
   log.write({"step": steps, "eval": metrics})
   meta = {"task": task, "dataset": dataset, "attribute": attribute, "testbed": testbed_kwargs,
           "image_size": image_size, "steps": steps, "command": command, "metrics": metrics}
-  if dataset in SQUARES and task == "regression":
+  if targets is not None:
+    meta["targets"] = targets.to_json()
+  elif dataset in SQUARES and task == "regression":
     metrics["background_reliance"] = background_reliance(apply, state["params"], image_size=image_size)
   model = checkpoint.save(out / "model", config, state["params"], meta=meta, overwrite=True)
   (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
