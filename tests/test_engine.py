@@ -79,6 +79,23 @@ def test_engine_compiles_once_across_runs(method):
   assert eng.trace_counts == {"init": 1, "advance": 1, "stash": 1, "result": 1}
 
 
+def test_engines_of_one_program_share_its_executables(method, reference):
+  """Another engine for the same program (other parameter values, same structure and shapes)
+  runs the executables the first one compiled; a different structure gets its own."""
+  import jax.numpy as jnp
+  from cfjax.engine import runner
+  executables = lambda: {id(e) for e in runner._PROGRAMS.values()}  # noqa: E731
+  before = executables()
+  twice = method._replace(params={"scale": jnp.float32(0.02)})
+  res = cfjax.explain(twice, X, T, key=jax.random.key(0), num_slots=4, steps_per_call=1, progress=False)
+  assert executables() == before
+  np.testing.assert_allclose(res["x"] - X, 2 * (reference[0]["x"] - X), rtol=1e-5, atol=1e-6)
+  other = method._replace(params={"scale": jnp.float32(0.01), "unused": jnp.zeros(3)})
+  res = cfjax.explain(other, X, T, key=jax.random.key(0), num_slots=4, steps_per_call=1, progress=False)
+  assert executables() - before
+  np.testing.assert_array_equal(res["x"], reference[0]["x"])
+
+
 def test_resume_skips_finished(tmp_path, method, reference):
   out = tmp_path / "run"
   first = cfjax.explain(method, X[:5], T[:5], key=jax.random.key(0), num_slots=4, out_dir=out,

@@ -15,7 +15,7 @@ from cfjax import data
 from cfjax.cli import main
 from cfjax.metrics import evaluate_run, evaluate_runs
 
-STREAMED = "success_rate,flip_rate,proximity,shapes_background_change"
+STREAMED = "success_rate,flip_rate,proximity,shapes_background_change,fid"
 
 
 def _explain(out, seed, *extra):
@@ -121,7 +121,7 @@ def _fake_run(src, dst, **run):
 
 @pytest.mark.parametrize("metric,message", [
     ("proximty", "unknown metric 'proximty'"),
-    ("fid", "needs a model of its own"),
+    ("mnac", "needs a model of its own"),
     ("oracle_mae", "is for regression runs"),
     ("ideal_distance", "needs an ideal CE"),
     ("squares_factor_change", "need(s) a squares data set"),
@@ -144,6 +144,32 @@ def test_evaluate_input_errors(runs, tmp_path, capsys):
                "--predictor", "shapes_classifier", "--generator", "shapes_vae", "--out", str(tmp_path / "x")]) == 2
   assert "unknown metric 'succes_rate'" in capsys.readouterr().err
   assert not (tmp_path / "x").exists()
+
+
+def test_fid_and_sfid_by_name_use_the_testbed_features(squares_run, tmp_path):
+  from cfjax import metrics
+  from cfjax.metrics.features import feature_extractor
+  row = evaluate_run(squares_run, ["fid", "sfid"])["values"]
+  res = np.load(squares_run / "results.npz")
+  f = feature_extractor("squares")
+  direct = metrics.compute(metrics.fid(f), {"original": res["original"], "counterfactual": res["counterfactual"]})
+  assert row["fid"] == pytest.approx(direct["fid"], rel=1e-5) and row["fid"] > 0
+  assert row["sfid"] > 0 and np.isfinite(row["sfid_std"])
+  # The features a run records (cfjax explain --features) are used, and --features overrides them.
+  other = _fake_run(squares_run, tmp_path / "shapes_features", features="shapes")
+  by_record = evaluate_run(other, ["fid"])["values"]["fid"]
+  assert by_record != pytest.approx(row["fid"])
+  assert evaluate_run(other, ["fid"], features="squares")["values"]["fid"] == pytest.approx(row["fid"], rel=1e-6)
+
+
+def test_fid_needs_features_off_the_testbeds(runs, tmp_path, capsys):
+  other = _fake_run(runs[0], tmp_path / "mnist", dataset="mnist")
+  assert main(["evaluate", "--ces", str(other), "--out", str(tmp_path / "e"), "--metric", "fid"]) == 2
+  assert "need a feature extractor" in capsys.readouterr().err
+  assert main(["evaluate", "--ces", str(runs[0]), str(_fake_run(runs[1], tmp_path / "f", features="squares")),
+               "--out", str(tmp_path / "e"), "--metric", "fid"]) == 2
+  assert "incomparable" in capsys.readouterr().err
+  assert not (tmp_path / "e").exists()
 
 
 def test_defaults_are_shared_across_tasks(runs, squares_run):

@@ -50,6 +50,9 @@ def _common(p):
   p.add_argument("--metrics", action="append", default=[], metavar="NAMES",
                  help="metrics computed while the run streams, comma-separated (see cfjax evaluate); "
                       "written to summary.json")
+  p.add_argument("--features", default=None,
+                 help="feature extractor of fid / sfid: squares, shapes, inception weights or any predictor "
+                      "(default: the testbed's own)")
   p.add_argument("--out", help="output directory")
   p.add_argument("--quiet", action="store_true")
 
@@ -129,7 +132,7 @@ def run(args) -> int:
       target=args.target, split=args.split, limit=args.limit,
       dataset_options=parse_options(args.dataset_option), num_slots=args.num_slots,
       steps_per_call=args.steps_per_call, result_slots=args.result_slots, seed=args.seed,
-      progress=not args.quiet, metrics=metrics)
+      progress=not args.quiet, metrics=metrics, features=args.features)
   summary = run_job(job)
   print(f"{summary['num_explained']} counterfactuals, {summary['success_rate']:.1%} reach the target, "
         f"mean {summary['mean_iterations']:.1f} iterations")

@@ -13,6 +13,10 @@ Slots are sharded over the devices of a 1-D mesh
 keeps about one core busy). In a multi-process run (``jax.distributed``), every process takes the
 examples whose index modulo the process count is its own and runs its own engine.
 
+Model parameters are arguments of the compiled programs, never constants, and the executables
+are shared by every engine of the process whose program is the same: explaining with a second
+predictor of the same architecture (or rerunning a notebook cell) compiles nothing new.
+
 Per-example keys are ``fold_in(key, id)``: the random numbers an example sees do not depend on the
 batch size, its neighbours or the device count.
 
@@ -28,8 +32,10 @@ Example:
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import time
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +55,39 @@ def _where(mask, new, old):
     m = mask.reshape(mask.shape + (1,) * (a.ndim - 1))
     return jnp.where(m, a, b)
   return jax.tree.map(sel, new, old)
+
+
+# Compiled slot programs shared by every Engine of this process, keyed by the text of the lowered
+# program, its argument and result structures and the devices: a second engine for the same method and shapes (another predictor of
+# the same architecture, a rerun in a notebook) runs the executable the first one compiled instead
+# of compiling it again or reading it back from the persistent cache, which on XLA:CPU costs about
+# as much as compiling.
+_PROGRAMS: collections.OrderedDict[str, Any] = collections.OrderedDict()
+_MAX_PROGRAMS = 32
+
+
+class _Program:
+  """A jitted function compiled once per argument signature, its executable shared by program text."""
+
+  def __init__(self, jitted, devices):
+    self.jitted, self.devices, self.executables = jitted, tuple(d.id for d in devices), {}
+
+  def __call__(self, *args):
+    leaves, tree = jax.tree.flatten(args)
+    sig = (tree, tuple((a.shape, a.dtype, a.sharding) for a in leaves))
+    exe = self.executables.get(sig)
+    if exe is None:
+      lowered = self.jitted.lower(*args)
+      # The same program text can take differently nested arguments (two networks whose layers
+      # flatten alike): the argument and result structures are part of the key.
+      key = hashlib.sha256(f"{self.devices}\n{lowered.in_tree}\n{lowered.out_tree}\n"
+                           f"{lowered.as_text()}".encode()).hexdigest()
+      exe = _PROGRAMS.pop(key, None) or lowered.compile()
+      _PROGRAMS[key] = exe  # most recently used last
+      while len(_PROGRAMS) > _MAX_PROGRAMS:
+        _PROGRAMS.popitem(last=False)
+      self.executables[sig] = exe
+    return exe(*args)
 
 
 class Engine:
@@ -117,10 +156,13 @@ class Engine:
       # buffer[j] = states[src[j]] where dst[j]: finished slots move into free buffer rows.
       return _where(dst, jax.tree.map(lambda a: a[src], states), buffer)
 
-    self._stash = jax.jit(counted("stash", stash), out_shardings=s, donate_argnums=(0,))
-    self._init = jax.jit(counted("init", init), out_shardings=s, donate_argnums=(1,))
-    self._advance = jax.jit(counted("advance", advance), out_shardings=(s, s), donate_argnums=(1,))
-    self._result = jax.jit(counted("result", vresult), out_shardings=s)
+    def program(name, fn, **jit_options):
+      return _Program(jax.jit(counted(name, fn), **jit_options), devices)
+
+    self._stash = program("stash", stash, out_shardings=s, donate_argnums=(0,))
+    self._init = program("init", init, out_shardings=s, donate_argnums=(1,))
+    self._advance = program("advance", advance, out_shardings=(s, s), donate_argnums=(1,))
+    self._result = program("result", vresult, out_shardings=s)
 
   def _put(self, a):
     return jax.device_put(a, self.slot_sharding)

@@ -14,8 +14,12 @@ from that record alone:
 * ``shapes_background_change``: shapes.
 * ``ideal_distance`` (grey levels): a squares grid explained with the "mirror" target, whose
   ideal CE is the image's twin in the other grid.
+* ``fid``, ``sfid``: CEs against the run's inputs in the features of a feature extractor
+  (:func:`cfjax.metrics.features.feature_extractor`): the one given (``features=``, ``cfjax
+  evaluate --features``), else the one the run records, else the testbed's in-domain network
+  (squares, shapes); other data sets need one named (e.g. a converted InceptionV3).
 
-Metrics that need models of their own (FID, FVA, MNAC, ...) are built in Python with
+Metrics that need models of their own (FVA, MNAC, ...) are built in Python with
 :mod:`cfjax.metrics` and passed to :func:`cfjax.metrics.evaluate_results`.
 
 Example:
@@ -43,7 +47,8 @@ GROUND_TRUTH = {"region_change": ("interior", "background"), "squares_factor_cha
                 "shapes_background_change": ("shape_mask",), "ideal_distance": ("ideal",)}
 TASKS = {"flip_rate": "classification", "cout": "classification", "oracle_mae": "regression"}
 NEEDS_PREDICTOR = ("cout",)
-SUPPORTED = ("success_rate", "flip_rate", "oracle_mae", "proximity", "cout", *GROUND_TRUTH)
+FEATURE_METRICS = ("fid", "sfid")
+SUPPORTED = ("success_rate", "flip_rate", "oracle_mae", "proximity", "cout", *FEATURE_METRICS, *GROUND_TRUTH)
 
 
 def metric_names(values: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -158,7 +163,38 @@ def _one_logit(predictor, image_size: int) -> bool:
   return out.ndim == 1 or out.shape[-1] == 1
 
 
-def _build(name: str, *, predictor, image_size: int) -> Metric:
+def feature_name(run: dict, features=None):
+  """The feature extractor of a run's ``fid`` / ``sfid``: ``features``, the run's record, or the
+  testbed's in-domain network.
+
+  Example:
+    >>> feature_name({"dataset": "squares_grid_lower"})
+    'squares'
+  """
+  chosen = features or run.get("features")
+  if chosen:
+    return chosen
+  dataset = run["dataset"]
+  if _is_squares(dataset):
+    return "squares"
+  if dataset == "shapes":
+    return "shapes"
+  raise CfjaxInputError(f"fid and sfid on {dataset!r} need a feature extractor: pass --features (a converted "
+                        "InceptionV3 directory, or any predictor checkpoint); the testbeds have their own.")
+
+
+def _feature_extractor(run: dict, features=None):
+  chosen = feature_name(run, features)
+  if hasattr(chosen, "apply"):  # a FeatureExtractor already
+    return chosen
+  from cfjax.metrics.features import feature_extractor
+  return feature_extractor(chosen)
+
+
+def _build(name: str, *, predictor, image_size: int, features=None) -> Metric:
+  if name in FEATURE_METRICS:
+    from cfjax.metrics import realism
+    return realism.fid(features) if name == "fid" else realism.sfid(features, id_key="image_id")
   if name == "flip_rate":
     return validity.flip_rate(None if predictor is None else _traceable(predictor), to_target=True)
   if name == "cout":
@@ -173,7 +209,7 @@ def _build(name: str, *, predictor, image_size: int) -> Metric:
 
 
 def build_metrics(names: Sequence[str], run: dict, *, task: str, image_size: int, image_ids,
-                  predictor=None) -> tuple[list[Metric], dict[str, np.ndarray]]:
+                  predictor=None, features=None) -> tuple[list[Metric], dict[str, np.ndarray]]:
   """The metrics ``names`` of one run and the ground truth they join by image id.
 
   Args:
@@ -184,6 +220,7 @@ def build_metrics(names: Sequence[str], run: dict, *, task: str, image_size: int
     image_size: the run's image side.
     image_ids: the run's image ids (the ground truth covers 0 .. their max).
     predictor: the run's predictor (``flip_rate`` and ``cout`` evaluate the CEs with it).
+    features: the feature extractor of ``fid`` / ``sfid`` (see :func:`feature_name`).
 
   Example:
     >>> run = {"dataset": "shapes", "split": "test", "target": "flip"}
@@ -197,7 +234,9 @@ def build_metrics(names: Sequence[str], run: dict, *, task: str, image_size: int
   if predictor is None and any(n in NEEDS_PREDICTOR for n in names):
     raise CfjaxInputError(f"{', '.join(n for n in names if n in NEEDS_PREDICTOR)} need(s) the run's "
                           "predictor, and the run records none.")
-  metrics = [_build(n, predictor=predictor, image_size=image_size) for n in names]
+  if any(n in FEATURE_METRICS for n in names):
+    features = _feature_extractor(run, features)  # loaded once for fid and sfid
+  metrics = [_build(n, predictor=predictor, image_size=image_size, features=features) for n in names]
   return metrics, ground_truth(names, run, image_size=image_size, image_ids=image_ids)
 
 
@@ -224,11 +263,11 @@ class StreamingMetrics:
   """
 
   def __init__(self, names: Sequence[str], run: dict, *, task: str, job_ids, per_job: dict,
-               predictor=None, then: Callable[[dict], None] | None = None):
+               predictor=None, features=None, then: Callable[[dict], None] | None = None):
     from cfjax.methods.base import REQUIRED_RESULTS
     x = np.asarray(per_job["original"])
     metrics, data = build_metrics(names, run, task=task, image_size=int(x.shape[1]),
-                                  image_ids=per_job["image_id"], predictor=predictor)
+                                  image_ids=per_job["image_id"], predictor=predictor, features=features)
     have = {"id", *REQUIRED_RESULTS, *per_job, *data}
     for m in metrics:
       absent = [k for k in m.requires if k not in have]
@@ -295,7 +334,7 @@ def run_metric_names(summary: dict, names: Sequence[str] | None = None) -> tuple
   return default_metrics(summary["settings"].get("task", "classification"), run["dataset"], run.get("target"))
 
 
-def evaluate_run(run_dir, names: Sequence[str] | None = None, *, predictor=None,
+def evaluate_run(run_dir, names: Sequence[str] | None = None, *, predictor=None, features=None,
                  batch_size: int = 64) -> dict:
   """The metrics of one ``cfjax explain`` directory.
 
@@ -303,6 +342,7 @@ def evaluate_run(run_dir, names: Sequence[str] | None = None, *, predictor=None,
     run_dir: the directory (``summary.json``, ``results.npz``).
     names: metric names; default :func:`default_metrics` of the run.
     predictor: overrides the predictor recorded in ``summary.json`` (``flip_rate``, ``cout``).
+    features: the feature extractor of ``fid`` / ``sfid`` (see :func:`feature_name`).
     batch_size: CEs per streamed batch.
 
   Returns:
@@ -319,7 +359,8 @@ def evaluate_run(run_dir, names: Sequence[str] | None = None, *, predictor=None,
   res = load_results(path)
   task = summary["settings"].get("task", "classification")
   metrics, data = build_metrics(names, summary["run"], task=task, image_size=int(res["original"].shape[1]),
-                                image_ids=res["image_id"], predictor=_load_predictor(names, summary, predictor))
+                                image_ids=res["image_id"], predictor=_load_predictor(names, summary, predictor),
+                                features=features)
   ev = stream_results(res, metrics, data=data, id_key="image_id", batch_size=batch_size)
   groups = ev.result_by_metric()
   return {"dir": str(run_dir), "method": summary["method"], "dataset": summary["run"]["dataset"],
@@ -338,7 +379,7 @@ def _row_names(rows: list[dict]) -> list[str]:
   return [n if names.count(n) == 1 else f"{n} #{i + 1}" for i, n in enumerate(names)]
 
 
-def evaluate_runs(dirs: Sequence, names: Sequence[str] | None = None, *, predictor=None,
+def evaluate_runs(dirs: Sequence, names: Sequence[str] | None = None, *, predictor=None, features=None,
                   batch_size: int = 64) -> dict:
   """Metrics of several runs side by side: one row per run (named by its method).
 
@@ -371,7 +412,13 @@ def evaluate_runs(dirs: Sequence, names: Sequence[str] | None = None, *, predict
                           "data set or choose other --metric.")
   for s in summaries:
     _check_fits(names, s["run"], s["settings"].get("task", "classification"))
-  rows = [evaluate_run(d, names, predictor=predictor, batch_size=batch_size) for d in dirs]
+  if any(n in FEATURE_METRICS for n in names):
+    chosen = {str(feature_name(s["run"], features)) for s in summaries}
+    if len(chosen) > 1:
+      raise CfjaxInputError(f"fid / sfid would use different features per run ({', '.join(sorted(chosen))}), "
+                            "which makes them incomparable: pass one --features.")
+    features = _feature_extractor(summaries[0]["run"], features)
+  rows = [evaluate_run(d, names, predictor=predictor, features=features, batch_size=batch_size) for d in dirs]
   for r, n in zip(rows, _row_names(rows)):
     r["name"] = n
   columns = list(dict.fromkeys(k for r in rows for k in r["values"]))

@@ -71,6 +71,10 @@ def _key(config: dict) -> str:
   return json.dumps(config, sort_keys=True)
 
 
+# Keyword arguments of network calls that select what is computed rather than carry arrays.
+_STATIC_KWARGS = ("return_activations",)
+
+
 def make_apply(config: dict, method: str | None = None) -> Callable[..., Any]:
   """Pure ``apply(params, *args, **kwargs)`` for a config; params are a pure dict.
 
@@ -85,7 +89,10 @@ def make_apply(config: dict, method: str | None = None) -> Callable[..., Any]:
     module = nnx.merge(graphdef, state)
     return (module if method is None else getattr(module, method))(*args, **kwargs)
 
-  return apply
+  # A jitted function is traced once per input shape and reused wherever it is called inside
+  # other transformations: an unrolled diffusion chain of K network calls (and its gradient)
+  # traces the network once, not K times. XLA inlines the call, so the program is unchanged.
+  return jax.jit(apply, static_argnames=_STATIC_KWARGS)
 
 
 def abstract_params(config: dict):

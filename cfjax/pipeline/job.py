@@ -36,7 +36,8 @@ class ExplainJob:
   ``subset`` keeps only the listed example ids (after ``limit``). ``target`` is a rule of
   :func:`cfjax.methods.make_targets` (default: "mirror" for regression, "flip" for a binary
   classifier, "next" otherwise). ``metrics`` names metrics (:mod:`cfjax.metrics.runs`) computed
-  while the run streams and written to the summary.
+  while the run streams and written to the summary; ``features`` is the feature extractor of
+  ``fid`` / ``sfid`` among them (default: the testbed's in-domain network).
   """
 
   method: str
@@ -57,6 +58,7 @@ class ExplainJob:
   figure_rows: int = 8
   progress: bool = True
   metrics: tuple[str, ...] = ()
+  features: str | None = None
 
 
 def load_images(dataset: str, *, split: str = "test", limit: int | None = None, image_size=None,
@@ -146,6 +148,8 @@ def run_job(job: ExplainJob, *, on_result: Callable[[dict], None] | None = None)
               "predictor": str(job.predictor), **{k: str(v) for k, v in job.models.items() if v},
               "seed": job.seed, "dataset_options": job.dataset_options,
               "subset": None if job.subset is None else [int(i) for i in job.subset]}
+  if job.features:
+    settings["features"] = str(job.features)  # the features of fid / sfid, for cfjax evaluate too
   per_job = {"image_id": np.repeat(ids, n_t), "target": job_t, "original": job_x,
              "original_prediction": np.repeat(outputs, n_t, axis=0), "label": np.repeat(labels, n_t)}
   if job.metrics:
