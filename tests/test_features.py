@@ -372,3 +372,49 @@ def test_docstring_examples_run(module):
   import importlib
   result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
   assert result.failed == 0 and result.attempted > 0
+
+
+def _fids(name, reference, *others):
+  from cfjax.metrics.realism import fid_from_features
+  f = feature_extractor(name)
+  ref = np.asarray(f(reference), np.float64)
+  return [fid_from_features(ref, np.asarray(f(o), np.float64)) for o in others]
+
+
+def test_squares_features_see_the_background_where_the_regressor_does_not():
+  """The bundled squares feature network (every factor) against the rho = 0 regressor's features
+  (color_a only): a background shifted by 64 grey levels is far from fresh pixel noise for the
+  first (about 470x on 1024 squares, benchmarks/feature_sensitivity.py) and not for the second."""
+  import importlib
+  sq = importlib.import_module("cfjax.data.squares")
+  n = 256
+  f = sq.factors(n, image_size=32, split="test")
+  rng = np.random.default_rng(0)
+  noise = [rng.normal(0, sq.NOISE_STD, (n, 32, 32, 3)).astype(np.float32) for _ in range(2)]
+
+  def render(factors, z):
+    return sq.render(factors["color_a"], factors["color_b"], factors["x"], factors["y"], z, 32).astype(
+        np.float32) / 255
+
+  x = render(f, noise[0])
+  fresh = render(f, noise[1])
+  background = render({**f, "color_b": np.minimum(f["color_b"] + 64, 255)}, noise[0])
+  colour = render({**f, "color_a": np.minimum(f["color_a"] + 64, 255)}, noise[0])
+  noise_fid, bg_fid, colour_fid = _fids("squares", x, fresh, background, colour)
+  assert bg_fid > 50 * noise_fid and colour_fid > 50 * noise_fid, (noise_fid, bg_fid, colour_fid)
+  noise_fid, bg_fid, colour_fid = _fids("squares_regressor_rho0", x, fresh, background, colour)
+  assert bg_fid < 0.05 * colour_fid, (noise_fid, bg_fid, colour_fid)
+
+
+def test_shapes_features_see_the_background():
+  import importlib
+  from cfjax import data
+  sh = importlib.import_module("cfjax.data.shapes")
+  it = iter(data.load("shapes", split="test", batch_size=256, shuffle=False, image_size=32))
+  b, other = next(it), next(it)
+  mask = b["mask"].reshape(b["mask"].shape[:3])[..., None]
+  new_bg = sh.PALETTE[(b["background"] + 1) % len(sh.PALETTE)][:, None, None]
+  moved = np.clip(b["image"] - sh.PALETTE[b["background"]][:, None, None] + new_bg, 0, 1)
+  changed = np.where(mask, b["image"], moved).astype(np.float32)
+  sample_fid, bg_fid = _fids("shapes", b["image"], other["image"], changed)
+  assert bg_fid > 5 * sample_fid, (sample_fid, bg_fid)

@@ -21,7 +21,8 @@ CONFIGS = {
     "oracle": ({"arch": "oracle", "num_attributes": 6, "image_size": 32, "width": 4, "stages": 3,
                 "hidden": 8}, (5, 6)),
 }
-BUNDLED = ("squares_regressor_rho0", "squares_regressor_rho1", "shapes_classifier")
+BUNDLED = ("squares_regressor_rho0", "squares_regressor_rho1", "shapes_classifier", "squares_features",
+           "shapes_features")
 
 
 @pytest.fixture(scope="session", params=list(CONFIGS))
@@ -128,6 +129,17 @@ def test_bundled_regressors_reproduce_their_metrics(bundled):
   r0, r1 = reliance["squares_regressor_rho0"], reliance["squares_regressor_rho1"]
   assert r1["bg_flip"] > 5 * r0["bg_flip"] and r1["bg_flip_ratio"] > 0.15
   assert r1["bg_flip_signed"] > 0.05 and r1["bg_flip_signed"] > 10 * abs(r0["bg_flip_signed"])
+
+
+@pytest.mark.parametrize("name,dataset", [("squares_features", "squares"), ("shapes_features", "shapes")])
+def test_bundled_feature_networks_reproduce_their_metrics(bundled, name, dataset):
+  """The in-domain feature networks of the metrics regress every factor of their testbed."""
+  f = bundled[name]
+  targets = tp.Targets(**{k: tuple(v) for k, v in f.meta["targets"].items()})
+  sets = tp.eval_set(dataset, image_size=32, targets=targets)
+  got = tp.make_evaluator(f.net.apply, "regression", len(targets.names), sets, targets)(f.net.params)
+  assert got == pytest.approx(f.meta["metrics"], abs=1e-5)
+  assert min(got[f"r2_{n}"] for n in targets.names) > 0.95, got
 
 
 def test_bundled_classifier(bundled):

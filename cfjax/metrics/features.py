@@ -11,12 +11,14 @@ streaming FID of :mod:`cfjax.metrics.realism` calls it as it is.
   FID, from an explicit ``checkpoint``: a directory written by ``cfjax convert-checkpoint
   pt_inception-2015-12-05-6726825d.pth --config fid_inception_v3 --out DIR``, or the ``.pth``
   (or an ``.npz`` of its tensors) itself;
-* ``"squares"`` / ``"shapes"`` -- a testbed's in-domain feature network: the penultimate layer of
-  the bundled predictor trained on it (``squares_regressor_rho0``, ``shapes_classifier``). A
-  predictor's features keep what its task needs: the squares regressor reads the square's colour
-  and is nearly blind to the background (on 512 squares at 32 px, FID 0.003 for a background
-  shifted by 64 grey levels, 0.002 for fresh pixel noise, 1.0 for the square's colour shifted by
-  64), so pass ``checkpoint=`` a network trained on every factor where background changes matter;
+* ``"squares"`` / ``"shapes"`` -- a testbed's in-domain feature network (``squares_features``,
+  ``shapes_features``): the penultimate layer (64) of a small CNN trained to regress every factor
+  of the testbed at once (``cfjax train-predictor --targets all``; held-out R^2 of each factor
+  0.97-1.0), so its features see the square's colour, the background and the position alike. On
+  1024 squares FID is 0.005 for fresh pixel noise, 2.2 for the background shifted by 64 grey
+  levels, 3.6 for the square's colour shifted by 64, 0.88 for the square moved by 4 pixels
+  (``benchmarks/feature_sensitivity.py``); the rho = 0 regressor's features are blind to the
+  background (0.003) and see the colour (0.87). ``checkpoint=`` replaces the network;
 * any other name or path -- a cfjax checkpoint (a bundled name, a checkpoint directory or a
   ``cfjax train-predictor`` run directory): a converted InceptionV3 gives its pool3 features, a
   predictor (``small_cnn``, ``resnet18``, ``oracle``) its penultimate-layer features.
@@ -164,8 +166,8 @@ def _testbed(model: str):
   return make
 
 
-_EXTRACTORS.add("squares", _testbed("squares_regressor_rho0"))
-_EXTRACTORS.add("shapes", _testbed("shapes_classifier"))
+_EXTRACTORS.add("squares", _testbed("squares_features"))
+_EXTRACTORS.add("shapes", _testbed("shapes_features"))
 
 
 def _from_checkpoint(name_or_path, *, expect: str | None = None) -> FeatureExtractor:
