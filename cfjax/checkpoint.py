@@ -82,20 +82,31 @@ def save(path: str | os.PathLike, config: dict, params: Any, *, meta: dict | Non
   The directory is written next to its final place and renamed into it, so an interrupted save
   never leaves a half-written checkpoint under the final name.
   """
-  path = Path(path).absolute()
   registry.check_params(config, params, source="parameters to save")
+  host = jax.tree.map(lambda a: np.asarray(a), _str_keys(params))
+  record = {"format": FORMAT, "version": VERSION, "config": config, "meta": meta or {}}
+  return write_directory(path, host, record, arrays_dir="params", record_file="cfjax.json", overwrite=overwrite)
+
+
+def write_directory(path, arrays, record: dict, *, arrays_dir: str, record_file: str, overwrite: bool = False,
+                    json_default=None) -> Path:
+  """Writes orbax ``arrays`` to ``path/arrays_dir`` and ``record`` (with the sha256 of every
+  array file under ``"files"``) to ``path/record_file``, the one way cfjax writes a checkpoint.
+
+  The directory is written next to its final place and renamed into it, so an interrupted save
+  never leaves a half-written checkpoint under the final name.
+  """
+  path = Path(path).absolute()
   if path.exists() and not overwrite:
     raise CheckpointError(f"{path} exists; pass overwrite=True to replace it")
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
   try:
     ckptr = _checkpointer()
-    host = jax.tree.map(lambda a: np.asarray(a), _str_keys(params))
-    ckptr.save(tmp / "params", host)
+    ckptr.save(tmp / arrays_dir, arrays)
     ckptr.wait_until_finished()
-    record = {"format": FORMAT, "version": VERSION, "config": config, "meta": meta or {},
-              "files": _file_hashes(tmp / "params")}
-    (tmp / "cfjax.json").write_text(json.dumps(record, indent=1, sort_keys=True))
+    record = {**record, "files": _file_hashes(tmp / arrays_dir)}
+    (tmp / record_file).write_text(json.dumps(record, indent=1, sort_keys=True, default=json_default))
     if path.exists():
       shutil.rmtree(path)
     os.replace(tmp, path)

@@ -13,9 +13,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax
@@ -32,31 +29,15 @@ def save_heads(heads: Heads, path, *, overwrite: bool = False) -> Path:
 
   The directory is written beside its final place and renamed into it (never half-written).
   """
-  from cfjax.checkpoint import CheckpointError, _checkpointer, _file_hashes
-  path = Path(path).absolute()
-  if path.exists() and not overwrite:
-    raise CheckpointError(f"{path} exists; pass overwrite=True to replace it")
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+  from cfjax.checkpoint import write_directory
   arrays = {"kernel": np.asarray(heads.params["kernel"]), "bias": np.asarray(heads.params["bias"]),
             "diam": np.asarray(heads.diam), "strength": np.asarray(heads.strength)}
-  try:
-    ckptr = _checkpointer()
-    ckptr.save(tmp / "arrays", arrays)
-    ckptr.wait_until_finished()
-    record = {"format": FORMAT, "version": VERSION, "names": list(heads.names),
-              "families": list(heads.families), "latent_shape": list(heads.latent_shape),
-              "generator": heads.generator, "metrics": heads.metrics, "info": heads.info,
-              "arrays": {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
-              "files": _file_hashes(tmp / "arrays")}
-    (tmp / "cfjax_heads.json").write_text(json.dumps(record, indent=1, sort_keys=True, default=_json_default))
-    if path.exists():
-      shutil.rmtree(path)
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
-  return path
+  record = {"format": FORMAT, "version": VERSION, "names": list(heads.names),
+            "families": list(heads.families), "latent_shape": list(heads.latent_shape),
+            "generator": heads.generator, "metrics": heads.metrics, "info": heads.info,
+            "arrays": {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()}}
+  return write_directory(path, arrays, record, arrays_dir="arrays", record_file="cfjax_heads.json",
+                         overwrite=overwrite, json_default=_json_default)
 
 
 def _json_default(v):
