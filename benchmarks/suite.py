@@ -22,6 +22,7 @@ Usage:
   python benchmarks/suite.py --quick            # 4 images per workload, slots 2 (minutes on a CPU)
   python benchmarks/suite.py                    # 32 images, slots 1, 4, 16
   python benchmarks/suite.py --bf16 --tag gpu_bf16
+  python benchmarks/suite.py --quick --methods acre ace cf-attack --tag pixel_and_vae
 """
 
 from __future__ import annotations
@@ -111,10 +112,12 @@ def squares_quality(res: dict, w: dict) -> dict:
           "mean_abs_distance_to_ideal_255": r["mean_abs_distance_to_ideal_255"]}
 
 
-def run(ws: dict, slots: list[int]) -> list[dict]:
+def run(ws: dict, slots: list[int], only: list[str] | None = None) -> list[dict]:
   rows = []
   for wname, w in ws.items():
     for mname, make in w["methods"].items():
+      if only and mname not in only:
+        continue
       method = make()
       for s in slots:
         common.log(f"{wname} {mname} slots={s}")
@@ -158,6 +161,8 @@ def main(argv=None) -> dict:
   p.add_argument("--quick", action="store_true", help="4 images per workload, slots 2")
   p.add_argument("--images", type=int, default=None, help="images per workload (default 32; quick 4)")
   p.add_argument("--slots", type=int, nargs="+", default=None, help="slot counts (default 1 4 16; quick 2)")
+  p.add_argument("--methods", nargs="+", default=None, choices=("acre", "cf-attack", "diffae-re", "ace"),
+                 help="only these methods (acre, cf-attack, diffae-re, ace; default all)")
   p.add_argument("--bf16", action="store_true", help="UNets in bfloat16 (parameters float32)")
   p.add_argument("--out-dir", default=None)
   p.add_argument("--tag", default="", help="names the variant or device measured (appended to the file name)")
@@ -166,8 +171,8 @@ def main(argv=None) -> dict:
   slots = a.slots or ([2] if a.quick else [1, 4, 16])
   m = models(a.bf16)
   with common.LoadMonitor() as mon:
-    rows = run(workloads(m, n), slots)
-  res = {"settings": {"images": n, "slots": slots, "bf16": a.bf16, "devices": [str(d) for d in jax.devices()],
+    rows = run(workloads(m, n), slots, a.methods)
+  res = {"settings": {"images": n, "slots": slots, "bf16": a.bf16, "methods": a.methods or "all", "devices": [str(d) for d in jax.devices()],
                       "backend": jax.default_backend()},
          "rows": rows, "machine": {**common.machine_info(), "load": mon.summary()}}
   json_path, png_path = common.output_paths("suite", a.quick, a.out_dir, a.tag)
