@@ -58,10 +58,10 @@ def _where(mask, new, old):
 
 
 # Compiled slot programs shared by every Engine of this process, keyed by the text of the lowered
-# program, its argument and result structures and the devices: a second engine for the same method and shapes (another predictor of
-# the same architecture, a rerun in a notebook) runs the executable the first one compiled instead
-# of compiling it again or reading it back from the persistent cache, which on XLA:CPU costs about
-# as much as compiling.
+# program, its argument and result structures and the devices: a second engine for the same
+# method and shapes (another predictor of the same architecture, a rerun in a notebook) runs the
+# executable the first one compiled instead of compiling it again or reading it back from the
+# persistent cache, which on XLA:CPU costs about as much as compiling.
 _PROGRAMS: collections.OrderedDict[str, Any] = collections.OrderedDict()
 _MAX_PROGRAMS = 32
 
@@ -73,8 +73,10 @@ class _Program:
     self.jitted, self.devices, self.executables = jitted, tuple(d.id for d in devices), {}
 
   def __call__(self, *args):
+    # The engine places every argument itself (parameters replicated, slots sharded), so within
+    # one engine the structure, shapes and dtypes decide the program; this runs on every call.
     leaves, tree = jax.tree.flatten(args)
-    sig = (tree, tuple((a.shape, a.dtype, a.sharding) for a in leaves))
+    sig = (tree, tuple((a.shape, a.dtype) for a in leaves))
     exe = self.executables.get(sig)
     if exe is None:
       lowered = self.jitted.lower(*args)

@@ -140,13 +140,15 @@ class Targets:
     data = _data()
     ds = data.load(dataset, split="train", batch_size=512, shuffle=False, attribute=attribute,
                    image_size=image_size, **testbed_kwargs)
+    batches = iter(ds)
+    first = next(batches)
+    avail = data.attribute_names(first)
+    names = tuple(avail) if names == "all" else tuple(names)
+    for name in names:
+      if name not in avail:
+        raise unknown_name(f"attribute of {dataset!r}", name, avail)
     cols, n = [], 0
-    for b in ds:
-      avail = data.attribute_names(b)
-      names = tuple(avail) if names == "all" else tuple(names)
-      for name in names:
-        if name not in avail:
-          raise unknown_name(f"attribute of {dataset!r}", name, avail)
+    for b in itertools.chain([first], batches):
       c = data.attribute_columns(b, names)
       cols.append(np.stack([c[k] for k in names], axis=1))
       n += len(b["image"])
