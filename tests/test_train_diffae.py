@@ -1,6 +1,9 @@
 """`cfjax train-diffae` and cfjax.training.diffae: Diff-AE's objective, outputs, resume, refusal."""
 
+import dataclasses
 import json
+
+import chex
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +54,30 @@ def test_rerunning_resumes_and_a_changed_run_is_refused(run, capsys):
   assert log_before in (run / "log.jsonl").read_text()
   assert main(["train-diffae", *TINY, "--steps", "3", "--lr", "0.01", "--out", str(run)]) == 2
   assert "lr" in capsys.readouterr().err
+
+
+def test_a_warm_start_continues_a_saved_model_at_its_step(run, tmp_path, capsys):
+  """--init: params and EMA from the saved model, step (data stream, EMA warm-up) continued; a
+  model of another net or data, or one already past --steps, is refused before training."""
+  out = tmp_path / "ws"
+  assert main(["train-diffae", *TINY, "--steps", "4", "--init", str(run), "--out", str(out)]) == 0
+  steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+  assert steps[0] == 4  # only step 4 was trained
+  meta = json.loads((out / "model" / "cfjax.json").read_text())["meta"]
+  assert meta["train_steps"] == 4 and meta["init"] == str(run) and "--init" in meta["command"]
+  from cfjax.nets.loading import load_network
+  saved, _ = load_network(run)
+  tx = diffusion.optimizer(1e-4)
+  cfg = diffae.DiffaeTrainConfig(dataset="squares", out=str(tmp_path / "x"), net="tiny32", batch_size=4,
+                                 steps=9, init=str(run))
+  state = diffae.warm_start(cfg, diffae.net_config("tiny32", 32), tx)
+  assert int(state["step"]) == 3
+  chex.assert_trees_all_close(state["params"], saved.params)
+  chex.assert_trees_all_close(state["ema"], saved.params)
+  for bad, match in (({"steps": 3}, "already has 3 steps"), ({"batch_size": 8}, "was trained on"),
+                     ({"net": "squares32"}, "is not a 'squares32' network")):
+    with pytest.raises(CfjaxInputError, match=match):
+      diffae.warm_start(dataclasses.replace(cfg, **bad), diffae.net_config(bad.get("net", "tiny32"), 32), tx)
 
 
 def test_the_objective_is_the_conditioned_epsilon_mse():

@@ -23,7 +23,7 @@ from cfjax.commands import _training
 # Options that define the run, in the order the canonical command line lists them.
 _RUN_OPTIONS = ("dataset", "rho", "image_size", "net", "steps", "batch_size", "lr", "grad_clip", "ema",
                 "diffusion_steps", "schedule", "t_eval", "seed", "sample_every", "checkpoint_every",
-                "log_every", "eval_limit", "out")
+                "log_every", "eval_limit", "init", "out")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -47,6 +47,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--checkpoint-every", type=int, default=200)
   p.add_argument("--log-every", type=int, default=50)
   p.add_argument("--eval-limit", type=int, default=None, help="validation images for the metrics (default: all)")
+  p.add_argument("--init", default=None,
+                 help="warm start from a saved Diff-AE of the same net and data (a bundled name such as "
+                      "squares_diffae, or a path): training continues at its step count, --steps counts the total")
   p.add_argument("--out", required=True, help="run directory")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.set_defaults(func=run)
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
       steps=args.steps, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, ema=args.ema,
       diffusion_steps=args.diffusion_steps, schedule=args.schedule, T_eval=args.t_eval, seed=args.seed,
       sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-      eval_limit=args.eval_limit)
+      eval_limit=args.eval_limit, init=args.init)
   with _training.interruptible() as stop:
     result = diffae.train(cfg, command=_training.command_line("train-diffae", args, _RUN_OPTIONS),
                           hooks=[stop], progress=not args.no_progress)

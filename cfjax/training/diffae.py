@@ -82,6 +82,7 @@ class DiffaeTrainConfig:
   log_every: int = 50
   eval_limit: int | None = None   # validation images for the metrics (None: all)
   render_steps: int | None = None  # DDIM steps of the evaluation (None: T_eval)
+  init: str | None = None         # warm start: a saved Diff-AE of this net (see :func:`warm_start`)
 
   def check(self) -> None:
     check_choice("beta schedule", self.schedule, dd.BETA_SCHEDULES)
@@ -96,8 +97,36 @@ class DiffaeTrainConfig:
 
   def run_record(self, config: dict) -> dict:
     keep = {k: v for k, v in dataclasses.asdict(self).items()
-            if k not in ("out", "sample_every", "checkpoint_every", "log_every", "eval_limit", "render_steps")}
+            if k not in ("out", "sample_every", "checkpoint_every", "log_every", "eval_limit", "render_steps")
+            and not (k == "init" and v is None)}
     return {**keep, "testbed": dict(self.testbed), "net_config": config}
+
+
+def warm_start(cfg: DiffaeTrainConfig, config: dict, tx) -> dict:
+  """The initial training state: fresh (``cfg.init`` None) or a saved Diff-AE's.
+
+  A warm start takes the saved EMA as both the parameters and the EMA, starts Adam afresh, and
+  continues at the saved model's ``train_steps``: the data stream and the EMA warm-up are positioned
+  there, so ``cfg.steps`` counts the whole training (``steps=8000`` from a 2100-step model trains
+  5900 more). The saved model must have the same network config and training data.
+  """
+  if cfg.init is None:
+    return init_state(config, tx, cfg.seed)
+  from cfjax.nets.loading import load_network
+  net, meta = load_network(cfg.init, kind="generator")
+  if meta.get("generator") != "diffae" or json.dumps(net.config, sort_keys=True) != json.dumps(config, sort_keys=True):
+    raise CfjaxInputError(f"--init {cfg.init} is not a {cfg.net!r} network at {cfg.image_size} px")
+  seen = {"dataset": meta.get("dataset"), "testbed": meta.get("testbed"), "batch_size": meta.get("batch_size")}
+  want = {"dataset": cfg.dataset, "testbed": dict(cfg.testbed), "batch_size": cfg.batch_size}
+  if seen != want:
+    raise CfjaxInputError(f"--init {cfg.init} was trained on {seen}, this run is {want}")
+  start = int(meta.get("train_steps", 0))
+  if start >= cfg.steps:
+    raise CfjaxInputError(f"--init {cfg.init} already has {start} steps; --steps must be larger")
+  state = init_state(config, tx, cfg.seed)
+  params = jax.tree.map(jnp.asarray, net.params)
+  return {**state, "params": params, "ema": jax.tree.map(jnp.copy, params), "opt_state": tx.init(params),
+          "step": jnp.asarray(start, jnp.int32)}
 
 
 def make_autoencode(config: dict, diffusion: dict, steps: int) -> Callable:
@@ -177,7 +206,7 @@ def train(cfg: DiffaeTrainConfig, *, command: str | None = None,
     ckpts.close()
     raise CfjaxInputError(f"{out} already holds a checkpoint at step {ckpts.latest_step()}, past steps={cfg.steps}")
   try:
-    state = loop.train_loop(init_state(config, tx, cfg.seed), step_fn, batches, num_steps=cfg.steps,
+    state = loop.train_loop(warm_start(cfg, config, tx), step_fn, batches, num_steps=cfg.steps,
                             checkpoints=ckpts, log=log, checkpoint_every=cfg.checkpoint_every,
                             log_every=cfg.log_every, hooks=all_hooks, progress=progress,
                             desc=f"Diff-AE on {cfg.dataset}")
@@ -191,7 +220,8 @@ def train(cfg: DiffaeTrainConfig, *, command: str | None = None,
   grid = _grid(evals, recon, sem, out / "recon.png")
   meta = {"kind": "generator", "generator": "diffae", "diffusion": diffusion, "dataset": cfg.dataset,
           "testbed": testbed, "image_size": cfg.image_size, "train_steps": cfg.steps,
-          "batch_size": cfg.batch_size, "ema": cfg.ema, "command": command, "metrics": metrics}
+          "batch_size": cfg.batch_size, "ema": cfg.ema, "command": command, "metrics": metrics,
+          **({"init": cfg.init} if cfg.init else {})}
   model = checkpoint.save(out / "model", config, state["ema"], meta=meta, overwrite=True)
   (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
   return {"model": model, "metrics": metrics, "state": state, "grid": grid}
