@@ -96,9 +96,9 @@ def measure(method, w: dict, slots: int) -> tuple[dict, dict]:
   cfjax.explain(method, w["images"][:1], w["targets"][:1], **one)
   again = time.perf_counter() - t0
   t0 = time.perf_counter()
-  res = cfjax.explain(method, w["images"], w["targets"], ids=w["ids"], **kw)
+  res, stats = cfjax.explain(method, w["images"], w["targets"], ids=w["ids"], return_stats=True, **kw)
   seconds = time.perf_counter() - t0
-  row = {"slots": slots, "images": len(w["images"]), "ce_per_s": len(w["images"]) / seconds,
+  row = {"slots": slots, "steps_per_call": stats["steps_per_call"], "images": len(w["images"]), "ce_per_s": len(w["images"]) / seconds,
          "seconds": seconds, "compile_s": first - again, "success_rate": float(res["success"].mean()),
          "mean_iterations": float(res["iterations"].mean())}
   return row, res

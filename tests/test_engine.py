@@ -79,6 +79,14 @@ def test_engine_compiles_once_across_runs(method):
   assert eng.trace_counts == {"init": 1, "advance": 1, "stash": 1, "result": 1}
 
 
+def test_steps_per_call_defaults_to_the_methods_and_stops_at_max_steps(method):
+  """A method declares its own steps per call (diffusion methods 1); more than max_steps is pointless."""
+  assert engine.Engine(method, num_slots=2).steps_per_call == min(method.steps_per_call, method.max_steps)
+  assert engine.Engine(method._replace(steps_per_call=1), num_slots=2).steps_per_call == 1
+  assert engine.Engine(method, num_slots=2, steps_per_call=3).steps_per_call == 3
+  assert engine.Engine(method._replace(max_steps=2), num_slots=2, steps_per_call=4).steps_per_call == 2
+
+
 def test_engines_of_one_program_share_its_executables(method, reference):
   """Another engine for the same program (other parameter values, same structure and shapes)
   runs the executables the first one compiled; a different structure gets its own."""

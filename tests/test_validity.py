@@ -38,7 +38,7 @@ def _acre(name, squares_ddpm, grids):
   x = lower["image"][IDS]
   p0 = np.asarray(f(x))
   t = methods.make_targets("mirror", task="regression", predictions=p0, labels=lower["label"][IDS])[:, 0]
-  res = cfjax.explain(m, x, t, key=KEY, ids=IDS, num_slots=8, steps_per_call=2, progress=False)
+  res = cfjax.explain(m, x, t, key=KEY, ids=IDS, num_slots=8, progress=False)
   res.update(image_id=IDS, original=x, target=t)
   report = squares_report(res, lower, upper)
   report.update(pre_reached=float(np.mean(np.abs(res["pre_prediction"] - t) <= m.settings["tolerance"])),
@@ -91,8 +91,7 @@ def test_ace_flips_the_shapes_classifier():
                         iterations=40, step_size=2 / 255, mask_dilation=5, early_stop=True)
   batch = next(iter(data.load("shapes", split="test", batch_size=8, shuffle=False, image_size=32)))
   t = methods.make_targets("flip", task="classification", predictions=f(batch["image"]))[:, 0]
-  res = cfjax.explain(m, batch["image"], t, key=jax.random.key(0), num_slots=8, steps_per_call=2,
-                       progress=False)
+  res = cfjax.explain(m, batch["image"], t, key=jax.random.key(0), num_slots=8, progress=False)
   assert res["success"].mean() >= 0.95, (res["prediction"], res["iterations"])
   assert (res["iterations"] < 40).all(), res["iterations"]
 

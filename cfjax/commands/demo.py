@@ -39,7 +39,7 @@ def run(args) -> int:
     s = run_job(ExplainJob(
         method="acre", dataset="squares_grid_lower", predictor=name, models={"diffusion": "squares_ddpm"},
         out_dir=str(out / name), target="mirror", method_options={"iterations": args.iterations},
-        subset=tuple(int(i) for i in ids), num_slots=8, steps_per_call=2, progress=not args.quiet))
+        subset=tuple(int(i) for i in ids), num_slots=8, progress=not args.quiet))
     res = np.load(out / name / "results.npz")
     m = np.asarray(_interior_masks(res["image_id"]), bool)
     change = np.abs(res["counterfactual"] - res["original"]).sum(-1)

@@ -43,7 +43,8 @@ def _common(p):
                  help="target rule: flip | class:K | next (classifiers); value:V | shift:D | "
                       "values:V1,V2 | mirror (regressors); default mirror / flip / next")
   p.add_argument("--num-slots", type=int, default=16)
-  p.add_argument("--steps-per-call", type=int, default=2)
+  p.add_argument("--steps-per-call", type=int, default=None,
+                 help="method steps per compiled call (default: the method's, 1 for diffusion methods)")
   p.add_argument("--result-slots", type=int, default=None,
                  help="finished CEs whose results are computed together (default: --num-slots)")
   p.add_argument("--seed", type=int, default=0)

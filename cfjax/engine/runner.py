@@ -98,8 +98,9 @@ class Engine:
   Args:
     method: a :class:`cfjax.methods.Method`.
     num_slots: examples in flight; rounded up to a multiple of the device count.
-    steps_per_call: method steps per compiled call (K); the host checks for finished slots
-      between calls.
+    steps_per_call: method steps per compiled call (K; default the method's own
+      ``steps_per_call``, at most its ``max_steps``); the host checks for finished slots between
+      calls. The steps are unrolled: compile time grows with K.
     devices: devices of the data-parallel mesh (default: this process's local devices).
     result_slots: finished examples whose ``result`` is computed together (default
       ``num_slots``); rounded up to a multiple of the device count. Finished examples wait in
@@ -108,7 +109,7 @@ class Engine:
       one per device); only refilled slots are initialised.
   """
 
-  def __init__(self, method: Method, *, num_slots: int = 16, steps_per_call: int = 5, devices=None,
+  def __init__(self, method: Method, *, num_slots: int = 16, steps_per_call: int | None = None, devices=None,
                result_slots: int | None = None, init_slots: int | None = None):
     for name, v in (("steps_per_call", steps_per_call), ("result_slots", result_slots),
                     ("init_slots", init_slots), ("num_slots", num_slots)):
@@ -120,6 +121,7 @@ class Engine:
     self.result_slots = _round_up(result_slots or self.num_slots, n)
     self.init_slots = min(_round_up(init_slots or self.num_slots // 4, n), self.num_slots)
     self.method = method
+    steps_per_call = min(steps_per_call or method.steps_per_call, method.max_steps)
     self.steps_per_call = steps_per_call
     self.mesh = Mesh(np.array(devices), ("slots",))
     self.slot_sharding = NamedSharding(self.mesh, P("slots"))
@@ -280,7 +282,7 @@ class Engine:
             "init_calls": counts["init_calls"], "seconds": elapsed,
             "ce_per_s": n_done / elapsed if elapsed > 0 else float("nan"),
             "mean_iterations": counts["steps"] / max(n_done, 1), "num_slots": S,
-            "result_slots": R, "init_slots": I, "num_devices": len(self.mesh.devices.reshape(-1))}
+            "steps_per_call": self.steps_per_call, "result_slots": R, "init_slots": I, "num_devices": len(self.mesh.devices.reshape(-1))}
 
 
 def iterate_examples(images, targets, ids=None, *, skip: set[int] | frozenset = frozenset(),

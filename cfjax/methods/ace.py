@@ -267,7 +267,7 @@ def diffusion_counterfactual(cfg: AceConfig, *, predictor, diffusion, name: str)
               "schedule_steps": schedule.num_timesteps, "variance": variance}
   return Method(init=init, step=lambda p, s: search_step(search, p, s), done=lambda s: s.done,
                 result=result, params=params, max_steps=cfg.iterations, name=name,
-                settings=settings, validate=image_validator(image_shape, spec))
+                settings=settings, validate=image_validator(image_shape, spec), steps_per_call=1)
 
 
 @register_method("ace", AceConfig)

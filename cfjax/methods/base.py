@@ -66,6 +66,11 @@ class Method(NamedTuple):
   ``validate(inputs, targets) -> (inputs, targets)`` checks and converts a whole batch on the host
   (raising :class:`~cfjax.CfjaxInputError`); the engine and :func:`cfjax.explain` call it before
   compiling anything.
+
+  ``steps_per_call`` is how many steps one compiled engine call runs unless the caller says
+  otherwise. The engine unrolls them, so compile time grows with it: a method whose step is a
+  whole diffusion chain with its gradient takes 1 (its step costs far more than the host's check
+  between calls), a method with cheap steps more.
   """
 
   init: Callable[..., Any]
@@ -77,6 +82,7 @@ class Method(NamedTuple):
   name: str
   settings: dict
   validate: Callable[[Any, Any], tuple] = _no_validation
+  steps_per_call: int = 5
 
 
 # ---------------------------------------------------------------------------------------------

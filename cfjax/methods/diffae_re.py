@@ -148,4 +148,4 @@ def diffae_re(cfg: DiffaeReConfig, *, predictor, generator) -> Method:
   settings = {**cfg.settings(), "task": task, "generator": gen.name, "encode_steps": enc_steps}
   return Method(init=init, step=lambda p, s: search_step(search, p, s), done=lambda s: s.done,
                 result=result, params=params, max_steps=cfg.steps, name="diffae-re",
-                settings=settings, validate=validate)
+                settings=settings, validate=validate, steps_per_call=1)

@@ -52,7 +52,7 @@ def _concat(parts: list[dict]) -> dict:
 
 
 def explain(method: Method, inputs, targets, *, key, ids=None, num_slots: int = 16,
-            steps_per_call: int = 5, out_dir=None, run_settings: dict | None = None, devices=None,
+            steps_per_call: int | None = None, out_dir=None, run_settings: dict | None = None, devices=None,
             progress: bool = True, return_stats: bool = False, result_slots: int | None = None,
             init_slots: int | None = None, on_result: Callable[[dict], None] | None = None):
   """Explains every example towards its target with the continuous-batching engine.

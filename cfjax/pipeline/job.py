@@ -52,7 +52,7 @@ class ExplainJob:
   subset: tuple | None = None
   dataset_options: dict = dataclasses.field(default_factory=dict)
   num_slots: int = 16
-  steps_per_call: int = 2
+  steps_per_call: int | None = None  # None: the method's own (Method.steps_per_call)
   result_slots: int | None = None
   seed: int = 0
   figure_rows: int = 8
