@@ -22,7 +22,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import time
 
 import common  # noqa: I001  (before JAX: it sets XLA_FLAGS)
 
@@ -43,34 +42,17 @@ def workload(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return x, t, ids
 
 
-def timed_explain(method, x, t, ids, slots: int) -> dict:
-  kw = dict(ids=ids, key=jax.random.key(0), num_slots=slots, steps_per_call=2, progress=False,
-            return_stats=True)
-  t0 = time.perf_counter()
-  cfjax.explain(method, x[:1], t[:1], **{**kw, "ids": ids[:1]})
-  first = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  cfjax.explain(method, x[:1], t[:1], **{**kw, "ids": ids[:1]})
-  compile_s = first - (time.perf_counter() - t0)
-  t0 = time.perf_counter()
-  res, _ = cfjax.explain(method, x, t, **kw)
-  seconds = time.perf_counter() - t0
-  return {"num_slots": slots, "ce_per_s": len(x) / seconds, "seconds": seconds,
-          "success_rate": float(res["success"].mean()), "mean_iterations": float(res["iterations"].mean()),
-          "compile_s": compile_s}
-
-
 def throughput(models, x, t, ids, slots, decode_steps) -> list[dict]:
   rows = []
   for k in decode_steps:
     m = cfjax.methods.diffae_re(predictor=models["f"], generator=models["g"], decode_steps=k)
     for s in slots:
       common.log(f"diffae-re decode_steps={k} slots={s}")
-      rows.append({"method": "diffae-re", "decode_steps": k, **timed_explain(m, x, t, ids, s)})
+      rows.append({"method": "diffae-re", "decode_steps": k, **common.timed_explain(m, x, t, ids, s)[0]})
   acre = cfjax.methods.acre(predictor=models["f"], diffusion=models["ddpm"])
   for s in slots[-2:]:
     common.log(f"acre slots={s}")
-    rows.append({"method": "acre", "decode_steps": None, **timed_explain(acre, x, t, ids, s)})
+    rows.append({"method": "acre", "decode_steps": None, **common.timed_explain(acre, x, t, ids, s)[0]})
   return rows
 
 
@@ -95,7 +77,7 @@ def plot(res: dict, path) -> None:
   fig, axs = plt.subplots(1, 2, figsize=(12, 4.5))
   ax = axs[0]
   for key in sorted({(r["method"], r["decode_steps"]) for r in res["throughput"]}, key=str):
-    pts = [(r["num_slots"], r["ce_per_s"]) for r in res["throughput"] if (r["method"], r["decode_steps"]) == key]
+    pts = [(r["slots"], r["ce_per_s"]) for r in res["throughput"] if (r["method"], r["decode_steps"]) == key]
     label = key[0] if key[1] is None else f"{key[0]}, {key[1]} decode steps"
     ax.plot(*zip(*pts), marker="o", label=label)
   ax.set(xlabel="slots (examples in flight)", ylabel="CE/s", xscale="log", title="throughput, squares")
@@ -124,6 +106,7 @@ def main(argv=None) -> dict:
   x, t, ids = workload(n)
   with common.LoadMonitor() as mon:
     res = {"workload": {"images": int(n), "ids": ids.tolist(), "generator": str(a.generator),
+                        "generator_train_steps": models["g"].meta.get("train_steps"),
                         "predictor": "squares_regressor_rho0", "target": "mirror"},
            "memory": step_memory(models, x, t, mem_steps),
            "throughput": throughput(models, x, t, ids, slots, steps)}

@@ -294,6 +294,29 @@ def log(msg: str) -> None:
 # benchmark measures exactly what Engine.run calls, phase by phase).
 # ---------------------------------------------------------------------------------------------
 
+def timed_explain(method, x: np.ndarray, t: np.ndarray, ids: np.ndarray, slots: int) -> tuple[dict, dict]:
+  """``(row, results)`` of a steady ``cfjax.explain`` over ``x`` with ``slots`` slots.
+
+  Two warm-up runs of the same program (the first image in every slot) come first: the second
+  times the work alone, so ``compile_s`` is the first one's excess.
+  """
+  import cfjax
+  kw = dict(key=jax.random.key(0), num_slots=slots, progress=False)
+  warm = (np.repeat(x[:1], slots, 0), np.repeat(t[:1], slots, 0))
+  times = []
+  for _ in range(2):
+    t0 = time.perf_counter()
+    cfjax.explain(method, *warm, ids=np.arange(slots), **kw)
+    times.append(time.perf_counter() - t0)
+  t0 = time.perf_counter()
+  res, stats = cfjax.explain(method, x, t, ids=ids, return_stats=True, **kw)
+  seconds = time.perf_counter() - t0
+  row = {"slots": stats["num_slots"], "steps_per_call": stats["steps_per_call"], "images": len(x),
+         "ce_per_s": len(x) / seconds, "seconds": seconds, "compile_s": times[0] - times[1],
+         "success_rate": float(res["success"].mean()), "mean_iterations": float(res["iterations"].mean())}
+  return row, res
+
+
 def init_chunks(eng, images: np.ndarray, targets: np.ndarray) -> list[tuple]:
   """The init program's per-call arguments ``(x, t, ids, pos)`` that fill every slot (images
   repeated if fewer), in the engine's compact batches of ``init_slots`` (pos == num_slots: padding)."""

@@ -28,7 +28,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import time
 
 import common  # noqa: I001  (before JAX: it sets XLA_FLAGS)
 
@@ -86,24 +85,6 @@ def workloads(m: dict, n: int) -> dict:
   return {"squares": squares, "shapes": shapes}
 
 
-def measure(method, w: dict, slots: int) -> tuple[dict, dict]:
-  kw = dict(key=jax.random.key(0), num_slots=slots, progress=False)
-  one = dict(ids=w["ids"][:1], **kw)
-  t0 = time.perf_counter()
-  cfjax.explain(method, w["images"][:1], w["targets"][:1], **one)
-  first = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  cfjax.explain(method, w["images"][:1], w["targets"][:1], **one)
-  again = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  res, stats = cfjax.explain(method, w["images"], w["targets"], ids=w["ids"], return_stats=True, **kw)
-  seconds = time.perf_counter() - t0
-  row = {"slots": slots, "steps_per_call": stats["steps_per_call"], "images": len(w["images"]), "ce_per_s": len(w["images"]) / seconds,
-         "seconds": seconds, "compile_s": first - again, "success_rate": float(res["success"].mean()),
-         "mean_iterations": float(res["iterations"].mean())}
-  return row, res
-
-
 def squares_quality(res: dict, w: dict) -> dict:
   from cfjax.metrics import squares_report
   lower, upper = data.squares_grid("lower", image_size=32), data.squares_grid("upper", image_size=32)
@@ -121,7 +102,7 @@ def run(ws: dict, slots: list[int], only: list[str] | None = None) -> list[dict]
       method = make()
       for s in slots:
         common.log(f"{wname} {mname} slots={s}")
-        row, res = measure(method, w, s)
+        row, res = common.timed_explain(method, w["images"], w["targets"], w["ids"], s)
         if wname == "squares":
           row.update(squares_quality(res, w))
         rows.append({"workload": wname, "method": mname, **row})

@@ -70,7 +70,8 @@ def explain(method: Method, inputs, targets, *, key, ids=None, num_slots: int = 
     out_dir: optional run directory for a resumable run (see :class:`ResultWriter`); finished
       examples found there are skipped and their stored results returned.
     run_settings: extra settings recorded in (and checked against) the run directory.
-    result_slots, init_slots: see :class:`cfjax.engine.Engine`.
+    num_slots, steps_per_call, result_slots, init_slots: see :class:`cfjax.engine.Engine`
+      (``steps_per_call`` defaults to the method's own).
     on_result: called with each batch of finished results (a dict of numpy arrays with ``id``),
       after it is written to ``out_dir``: metrics can stream.
 
