@@ -153,8 +153,8 @@ def main(argv=None) -> dict:
   m = models(a.bf16)
   with common.LoadMonitor() as mon:
     rows = run(workloads(m, n), slots, a.methods)
-  res = {"settings": {"images": n, "slots": slots, "bf16": a.bf16, "methods": a.methods or "all", "devices": [str(d) for d in jax.devices()],
-                      "backend": jax.default_backend()},
+  res = {"settings": {"images": n, "slots": slots, "bf16": a.bf16, "methods": a.methods or "all",
+                      "devices": [str(d) for d in jax.devices()], "backend": jax.default_backend()},
          "rows": rows, "machine": {**common.machine_info(), "load": mon.summary()}}
   json_path, png_path = common.output_paths("suite", a.quick, a.out_dir, a.tag)
   common.write_json(json_path, res)

@@ -121,8 +121,7 @@ class Engine:
     self.result_slots = _round_up(result_slots or self.num_slots, n)
     self.init_slots = min(_round_up(init_slots or self.num_slots // 4, n), self.num_slots)
     self.method = method
-    steps_per_call = min(steps_per_call or method.steps_per_call, method.max_steps)
-    self.steps_per_call = steps_per_call
+    self.steps_per_call = steps_per_call = min(steps_per_call or method.steps_per_call, method.max_steps)
     self.mesh = Mesh(np.array(devices), ("slots",))
     self.slot_sharding = NamedSharding(self.mesh, P("slots"))
     self.replicated = NamedSharding(self.mesh, P())
@@ -282,7 +281,8 @@ class Engine:
             "init_calls": counts["init_calls"], "seconds": elapsed,
             "ce_per_s": n_done / elapsed if elapsed > 0 else float("nan"),
             "mean_iterations": counts["steps"] / max(n_done, 1), "num_slots": S,
-            "steps_per_call": self.steps_per_call, "result_slots": R, "init_slots": I, "num_devices": len(self.mesh.devices.reshape(-1))}
+            "steps_per_call": self.steps_per_call, "result_slots": R, "init_slots": I,
+            "num_devices": len(self.mesh.devices.reshape(-1))}
 
 
 def iterate_examples(images, targets, ids=None, *, skip: set[int] | frozenset = frozenset(),

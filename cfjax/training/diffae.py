@@ -123,10 +123,7 @@ def warm_start(cfg: DiffaeTrainConfig, config: dict, tx) -> dict:
   start = int(meta.get("train_steps", 0))
   if start >= cfg.steps:
     raise CfjaxInputError(f"--init {cfg.init} already has {start} steps; --steps must be larger")
-  state = init_state(config, tx, cfg.seed)
-  params = jax.tree.map(jnp.asarray, net.params)
-  return {**state, "params": params, "ema": jax.tree.map(jnp.copy, params), "opt_state": tx.init(params),
-          "step": jnp.asarray(start, jnp.int32)}
+  return init_state(config, tx, cfg.seed, params=jax.tree.map(jnp.asarray, net.params), step=start)
 
 
 def make_autoencode(config: dict, diffusion: dict, steps: int) -> Callable:

@@ -59,11 +59,13 @@ def optimizer(lr: float, *, weight_decay: float = 0.0, grad_clip: float | None =
   return optax.chain(*parts, optax.adamw(lr, weight_decay=weight_decay))
 
 
-def init_state(config: dict, tx: optax.GradientTransformation, seed: int) -> dict:
-  """Training state: params, their EMA (starts equal), optimiser state, step, RNG key data."""
-  params = registry.init_params(config, seed)
+def init_state(config: dict, tx: optax.GradientTransformation, seed: int, *, params=None, step: int = 0) -> dict:
+  """Training state: params (initialised from ``seed`` unless given), their EMA (starts equal),
+  optimiser state, step, RNG key data."""
+  if params is None:
+    params = registry.init_params(config, seed)
   return {"params": params, "ema": jax.tree.map(jnp.copy, params), "opt_state": tx.init(params),
-          "step": jnp.zeros((), jnp.int32), "rng": jax.random.key_data(jax.random.key(seed + 1))}
+          "step": jnp.asarray(step, jnp.int32), "rng": jax.random.key_data(jax.random.key(seed + 1))}
 
 
 def ema_decay(step: jax.Array, decay: float) -> jax.Array:
