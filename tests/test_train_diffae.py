@@ -80,15 +80,18 @@ def test_a_warm_start_continues_a_saved_model_at_its_step(run, tmp_path, capsys)
       diffae.warm_start(dataclasses.replace(cfg, **bad), diffae.net_config(bad.get("net", "tiny32"), 32), tx)
 
 
-def test_the_objective_is_the_conditioned_epsilon_mse():
-  """One step's loss is Diff-AE's: mean (noise - eps(x_t, t, encoder(x0)))^2, no vb term."""
+@pytest.mark.parametrize("p2_gamma", [0.0, 1.0])
+def test_the_objective_is_the_conditioned_epsilon_mse(p2_gamma):
+  """One step's loss is Diff-AE's: mean (noise - eps(x_t, t, encoder(x0)))^2, no vb term; with P2
+  weighting each example's MSE is scaled by (1 + SNR(t))^-gamma, and the logged mse is not."""
   from cfjax.nets import registry
   config = diffae.net_config("tiny32", 32)
   apply, encode = registry.make_apply(config), registry.make_apply(config, "encode")
   tx = diffusion.optimizer(1e-4)
   state = diffusion.init_state(config, tx, 0)
   sched = dd.make_schedule(1000)
-  step = diffusion.make_train_step(apply, tx, sched, condition=lambda p, x0: {"cond": encode(p, x0)})
+  step = diffusion.make_train_step(apply, tx, sched, condition=lambda p, x0: {"cond": encode(p, x0)},
+                                   p2_gamma=p2_gamma)
   batch = {"image": jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))}
   _, m = step(state, batch)
   key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), 0)
@@ -97,13 +100,19 @@ def test_the_objective_is_the_conditioned_epsilon_mse():
   t = jax.random.randint(kt, (2,), 0, 1000, dtype=jnp.int32)
   noise = jax.random.normal(kn, x0.shape, jnp.float32)
   eps = apply(state["params"], dd.q_sample(sched, x0, t, noise), t, encode(state["params"], x0))
-  np.testing.assert_allclose(m["loss"], jnp.mean((noise - eps) ** 2), rtol=1e-5)
+  mse = jnp.mean((noise - eps) ** 2, axis=(1, 2, 3))
+  abar = np.asarray(sched.alphas_cumprod, np.float64)[np.asarray(t)]
+  weight = (1.0 + abar / (1.0 - abar)) ** -p2_gamma
+  np.testing.assert_allclose(m["loss"], np.mean(weight * np.asarray(mse)), rtol=1e-5)
+  np.testing.assert_allclose(m["mse"], jnp.mean(mse), rtol=1e-5)
   assert "vb" not in m
 
 
 def test_bad_settings_are_refused_before_training(tmp_path):
   with pytest.raises(CfjaxInputError, match="T_eval must be in"):
     diffae.train(diffae.DiffaeTrainConfig(dataset="squares", out=str(tmp_path), net="tiny32", T_eval=0))
+  with pytest.raises(CfjaxInputError, match="p2_gamma must be"):
+    diffae.train(diffae.DiffaeTrainConfig(dataset="squares", out=str(tmp_path), net="tiny32", p2_gamma=-1))
   with pytest.raises(CfjaxInputError, match="unknown Diff-AE config"):
     diffae.train(diffae.DiffaeTrainConfig(dataset="squares", out=str(tmp_path), net="nonesuch"))
 

@@ -21,7 +21,7 @@ import argparse
 from cfjax.commands import _training
 
 # Options that define the run, in the order the canonical command line lists them.
-_RUN_OPTIONS = ("dataset", "rho", "image_size", "net", "steps", "batch_size", "lr", "grad_clip", "ema",
+_RUN_OPTIONS = ("dataset", "rho", "image_size", "net", "steps", "batch_size", "lr", "grad_clip", "p2_gamma", "ema",
                 "diffusion_steps", "schedule", "t_eval", "seed", "sample_every", "checkpoint_every",
                 "log_every", "eval_limit", "init", "out")
 
@@ -38,6 +38,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--batch-size", type=int, default=32)
   p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (constant)")
   p.add_argument("--grad-clip", type=float, default=1.0, help="global-norm clip (0: none)")
+  p.add_argument("--p2-gamma", type=float, default=0.0,
+                 help="P2 weighting (1 + SNR)^-gamma of the epsilon MSE, favouring the noisy steps where "
+                      "z_sem is learned (0: Diff-AE's plain MSE)")
   p.add_argument("--ema", type=float, default=0.9999, help="EMA decay (with a warm-up)")
   p.add_argument("--diffusion-steps", type=int, default=1000)
   p.add_argument("--schedule", default="linear", choices=("linear", "cosine"))
@@ -61,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
   cfg = diffae.DiffaeTrainConfig(
       dataset=args.dataset, out=args.out, net=args.net,
       testbed=() if args.rho is None else (("rho", args.rho),), image_size=args.image_size,
-      steps=args.steps, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, ema=args.ema,
+      steps=args.steps, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, p2_gamma=args.p2_gamma,
+      ema=args.ema,
       diffusion_steps=args.diffusion_steps, schedule=args.schedule, T_eval=args.t_eval, seed=args.seed,
       sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
       eval_limit=args.eval_limit, init=args.init)

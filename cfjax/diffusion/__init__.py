@@ -53,6 +53,7 @@ from cfjax.diffusion.losses import (  # noqa: F401
     approx_standard_normal_cdf,
     discretized_gaussian_log_likelihood,
     normal_kl,
+    p2_weight,
     training_losses,
     vb_terms_bpd,
 )

@@ -87,6 +87,26 @@ def _mean_flat(a):
   return jnp.mean(a, axis=(-3, -2, -1))
 
 
+def p2_weight(sched: Schedule, t, *, gamma: float, k: float = 1.0):
+  """Perception-prioritised weight of the epsilon MSE at step ``t``: ``1 / (k + SNR(t)) ** gamma``.
+
+  Choi et al. (2022), "Perception Prioritized Training of Diffusion Models". SNR(t) is
+  ``abar / (1 - abar)``; with ``k = 1`` the weight is ``(1 - abar) ** gamma``, which takes weight off
+  the low-noise steps (where the MSE mostly fits the data's pixel noise) and leaves the high-noise
+  steps, where coarse content (and a diffusion autoencoder's semantic code) is learned. ``gamma = 0``
+  is the plain loss.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from cfjax.diffusion import make_schedule
+    >>> w = p2_weight(make_schedule(1000), jnp.array([0, 999]), gamma=1.0)
+    >>> bool(w[0] < 0.01 < 0.99 < w[1])
+    True
+  """
+  abar = jnp.asarray(sched.alphas_cumprod, jnp.float32)[t]
+  return (k + abar / (1.0 - abar)) ** -gamma
+
+
 def vb_terms_bpd(sched: Schedule, model_output, x_start, x_t, t, *, clip_denoised: bool = False):
   """Per-example variational-bound term in bits/dim: KL(q || p) for t > 0, decoder NLL at t = 0."""
   true_mean, _, true_log_var = q_posterior_mean_variance(sched, x_start, x_t, t)

@@ -72,6 +72,7 @@ class DiffaeTrainConfig:
   batch_size: int = 32
   lr: float = 1e-4                # Diff-AE's templates: Adam 1e-4, no weight decay
   grad_clip: float = 1.0
+  p2_gamma: float = 0.0           # P2 loss weight (1 + SNR)^-gamma of the epsilon MSE (0: Diff-AE's plain MSE)
   ema: float = 0.9999
   diffusion_steps: int = 1000
   schedule: str = "linear"
@@ -90,6 +91,8 @@ class DiffaeTrainConfig:
       raise CfjaxInputError(f"steps and batch_size must be positive, got {self.steps}, {self.batch_size}")
     if not 0.0 <= self.ema < 1.0:
       raise CfjaxInputError(f"ema must be in [0, 1), got {self.ema}")
+    if self.p2_gamma < 0:
+      raise CfjaxInputError(f"p2_gamma must be >= 0, got {self.p2_gamma}")
     for name in ("T_eval", "render_steps"):
       v = getattr(self, name)
       if v is not None and not 1 <= v <= self.diffusion_steps:
@@ -98,7 +101,7 @@ class DiffaeTrainConfig:
   def run_record(self, config: dict) -> dict:
     keep = {k: v for k, v in dataclasses.asdict(self).items()
             if k not in ("out", "sample_every", "checkpoint_every", "log_every", "eval_limit", "render_steps")
-            and not (k == "init" and v is None)}
+            and not (k == "init" and v is None) and not (k == "p2_gamma" and v == 0.0)}
     return {**keep, "testbed": dict(self.testbed), "net_config": config}
 
 
@@ -190,7 +193,7 @@ def train(cfg: DiffaeTrainConfig, *, command: str | None = None,
   apply, encode = registry.make_apply(config), registry.make_apply(config, "encode")
   tx = optimizer(cfg.lr, grad_clip=cfg.grad_clip or None)
   step_fn = make_train_step(apply, tx, dd.make_schedule(cfg.diffusion_steps, cfg.schedule), ema=cfg.ema,
-                            condition=lambda p, x0: {"cond": encode(p, x0)})
+                            condition=lambda p, x0: {"cond": encode(p, x0)}, p2_gamma=cfg.p2_gamma)
   all_hooks = list(hooks)
   if cfg.sample_every:
     def write_grid(step, st):

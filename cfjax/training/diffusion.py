@@ -80,12 +80,14 @@ def ema_decay(step: jax.Array, decay: float) -> jax.Array:
 
 def make_train_step(apply: Callable, tx: optax.GradientTransformation, sched: dd.Schedule, *,
                     ema: float = 0.9999, condition: Callable | None = None,
-                    jit: bool = True) -> Callable:
+                    p2_gamma: float = 0.0, jit: bool = True) -> Callable:
   """``step(state, batch) -> (state, {"loss", "mse", "vb"})`` for batches ``{"image": [0, 1]}``.
 
   ``condition(params, x0) -> dict`` gives extra keyword arguments of ``apply`` computed from the
   clean batch in [-1, 1] (a diffusion autoencoder's ``{"cond": encode(params, x0)}``, trained
-  jointly); without it the model is unconditional.
+  jointly); without it the model is unconditional. ``p2_gamma > 0`` weights the epsilon MSE of
+  each example by :func:`cfjax.diffusion.p2_weight` (``k = 1``) in the loss; the logged ``mse``
+  stays unweighted.
 
   The timesteps and noise of step s come from ``fold_in(key(state["rng"]), s)``, so a resumed
   run draws exactly what an uninterrupted one would.
@@ -112,6 +114,8 @@ def make_train_step(apply: Callable, tx: optax.GradientTransformation, sched: dd
     def objective(params):
       extra = condition(params, x0) if condition is not None else {}
       terms = dd.training_losses(sched, lambda x, tt: apply(params, x, tt, **extra), x0, t, noise)
+      if p2_gamma:
+        terms["loss"] = terms["loss"] + (dd.p2_weight(sched, t, gamma=p2_gamma) - 1.0) * terms["mse"]
       terms = {k: jnp.mean(v) for k, v in terms.items()}
       return terms["loss"], terms
 
