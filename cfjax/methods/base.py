@@ -43,9 +43,12 @@ from cfjax._validate import CfjaxInputError, unknown_name
 
 # The result contract: every method's ``result`` returns these keys (per example) ...
 REQUIRED_RESULTS = ("counterfactual", "prediction", "success", "status", "iterations")
-# ... and may return these, which figures and summaries use where present.
+# ... and may return these, which figures and summaries use where present. ``latent`` (and the
+# ``trajectory`` of it) is what the search optimises; a method that optimises only a leading part of
+# its generator's latent returns the rest, held fixed, as ``latent_fixed``, so that
+# ``concat(latent, latent_fixed)`` is what the generator decodes.
 OPTIONAL_RESULTS = ("mask", "pre_explanation", "pre_prediction", "latent", "latent_original",
-                    "reconstruction", "trajectory", "trajectory_length")
+                    "latent_fixed", "reconstruction", "trajectory", "trajectory_length")
 
 
 class Status(enum.IntEnum):

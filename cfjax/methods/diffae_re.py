@@ -15,7 +15,8 @@ At most ``steps`` (200) updates. ``mode="rolled"`` decodes with ``lax.scan`` and
 per step, so the memory of the backward pass stays flat in ``decode_steps``; ``"unrolled"``
 (default) is a Python loop, faster to run and slower to compile. Results carry the Diff-AE's own
 reconstruction ``render(x_T, z0)``: the counterfactual minus it is what the edit changed, apart
-from the autoencoder's reconstruction error.
+from the autoencoder's reconstruction error. ``latent`` is z_sem and ``latent_fixed`` the flattened
+x_T, so ``concat(latent, latent_fixed)`` is the Diff-AE generator's latent of the counterfactual.
 
 Example:
   >>> import cfjax
@@ -136,7 +137,7 @@ def diffae_re(cfg: DiffaeReConfig, *, predictor, generator) -> Method:
     success = judge(pred, s.ctx["target"]) & ~s.nonfinite
     out = {"counterfactual": ce, "prediction": pred, "success": success, "iterations": s.it,
            "status": status(success, s.nonfinite), "latent": s.z, "latent_original": s.ctx["z0"],
-           "reconstruction": render(p, s.ctx["x_T"], s.ctx["z0"])}
+           "latent_fixed": s.ctx["x_T"].reshape(-1), "reconstruction": render(p, s.ctx["x_T"], s.ctx["z0"])}
     if cfg.trajectory_every:
       out.update(trajectory=s.trajectory, trajectory_length=recorded(search, s))
     return out

@@ -199,6 +199,16 @@ def _model_image_size(models: dict):
 STRIP_FRAMES = 6
 
 
+def _full_latents(results: dict, row: int, steps) -> np.ndarray:
+  """Generator latents of the recorded ``steps`` of CE ``row``: the trajectory, followed by the
+  method's ``latent_fixed`` where it optimises only part of the latent (see methods.base)."""
+  z = np.asarray(results["trajectory"][row][steps])
+  if "latent_fixed" not in results:
+    return z
+  fixed = np.asarray(results["latent_fixed"][row]).reshape(1, -1)
+  return np.concatenate([z, np.broadcast_to(fixed, (len(z), fixed.shape[1]))], axis=-1)
+
+
 def _figures(job: ExplainJob, method, models: dict, results: dict, out_dir: Path, success) -> dict[str, Any]:
   """The CE grid (with the mask panel where the method returns one) and the trajectory strip."""
   from cfjax.viz import ce_grid, trajectory_strip
@@ -221,7 +231,7 @@ def _figures(job: ExplainJob, method, models: dict, results: dict, out_dir: Path
     for r in range(n):  # at most STRIP_FRAMES evenly spaced recorded latents per image
       steps = np.unique(np.linspace(0, int(results["trajectory_length"][r]) - 1, STRIP_FRAMES).round().astype(int))
       padded = np.concatenate([steps, np.full(STRIP_FRAMES - len(steps), steps[-1])])
-      frames.append(np.clip(np.asarray(decode(results["trajectory"][r][padded]))[: len(steps)], 0, 1))
+      frames.append(np.clip(np.asarray(decode(_full_latents(results, r, padded)))[: len(steps)], 0, 1))
     every = method.settings.get("trajectory_every")
     out["trajectory_figure"] = trajectory_strip(
         results["original"][:n], frames, results["counterfactual"][:n], out_dir / "trajectory.png",
