@@ -1,5 +1,5 @@
-"""Diff-AE-RE validity on the squares testbed with the bundled ``squares_diffae`` (issue thresholds, on a
-small subset for CI).
+"""Diff-AE-RE validity on the squares testbed with the bundled ``squares_diffae``, on a small subset
+for CI.
 
 Diff-AE-RE runs with its defaults (Adam lr 0.002 on z_sem, 10 DDIM decode steps, at most 200 steps)
 on lower-grid images spread over positions, colours and backgrounds, with the mirror target
@@ -46,8 +46,8 @@ def rho0(grids):
 
 def test_diffae_re_reaches_the_mirror_target(rho0):
   """Most CEs land within 0.05 of the target. The bundled 6000-step Diff-AE reaches it on 7 of these
-  8 images (the eighth ends just short after 200 steps), below the 90% that a fully trained
-  Diff-AE is expected to give; the bar here guards the level reached, not the goal."""
+  8 images, below the 90% that a fully trained Diff-AE is expected to give; the bar here guards
+  the level reached, not the goal."""
   assert rho0["success_rate"] >= 0.75, rho0
   assert rho0["mean_prediction_error"] < 0.06, rho0
 

@@ -21,8 +21,8 @@ import argparse
 from cfjax.commands import _training
 
 # Options that define the run, in the order the canonical command line lists them.
-_RUN_OPTIONS = ("dataset", "rho", "image_size", "net", "steps", "batch_size", "lr", "grad_clip", "p2_gamma", "ema",
-                "diffusion_steps", "schedule", "t_eval", "seed", "sample_every", "checkpoint_every",
+_RUN_OPTIONS = ("dataset", "rho", "image_size", "net", "steps", "batch_size", "lr", "grad_clip", "p2_gamma",
+                "ema", "diffusion_steps", "schedule", "t_eval", "seed", "sample_every", "checkpoint_every",
                 "log_every", "eval_limit", "init", "out")
 
 
@@ -64,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
   cfg = diffae.DiffaeTrainConfig(
       dataset=args.dataset, out=args.out, net=args.net,
       testbed=() if args.rho is None else (("rho", args.rho),), image_size=args.image_size,
-      steps=args.steps, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip, p2_gamma=args.p2_gamma,
-      ema=args.ema,
-      diffusion_steps=args.diffusion_steps, schedule=args.schedule, T_eval=args.t_eval, seed=args.seed,
+      steps=args.steps, batch_size=args.batch_size, lr=args.lr, grad_clip=args.grad_clip,
+      p2_gamma=args.p2_gamma, ema=args.ema, diffusion_steps=args.diffusion_steps, schedule=args.schedule,
+      T_eval=args.t_eval, seed=args.seed,
       sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
       eval_limit=args.eval_limit, init=args.init)
   with _training.interruptible() as stop:

@@ -115,7 +115,7 @@ def make_train_step(apply: Callable, tx: optax.GradientTransformation, sched: dd
       extra = condition(params, x0) if condition is not None else {}
       terms = dd.training_losses(sched, lambda x, tt: apply(params, x, tt, **extra), x0, t, noise)
       if p2_gamma:
-        terms["loss"] = terms["loss"] + (dd.p2_weight(sched, t, gamma=p2_gamma) - 1.0) * terms["mse"]
+        terms["loss"] = dd.p2_weight(sched, t, gamma=p2_gamma) * terms["mse"] + terms.get("vb", 0.0)
       terms = {k: jnp.mean(v) for k, v in terms.items()}
       return terms["loss"], terms
 
