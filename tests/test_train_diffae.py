@@ -57,14 +57,22 @@ def test_rerunning_resumes_and_a_changed_run_is_refused(run, capsys):
 
 
 def test_a_warm_start_continues_a_saved_model_at_its_step(run, tmp_path, capsys):
-  """--init: params and EMA from the saved model, step (data stream, EMA warm-up) continued; a
-  model of another net or data, or one already past --steps, is refused before training."""
+  """--init: params and EMA from the saved model, step (data stream, EMA warm-up) continued, and
+  not loaded again when the run resumes; a model of another net or data, or one already past
+  --steps, is refused before training."""
   out = tmp_path / "ws"
   assert main(["train-diffae", *TINY, "--steps", "4", "--init", str(run), "--out", str(out)]) == 0
   steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
   assert steps[0] == 4  # only step 4 was trained
   meta = json.loads((out / "model" / "cfjax.json").read_text())["meta"]
   assert meta["train_steps"] == 4 and meta["init"] == str(run) and "--init" in meta["command"]
+  # extending the run resumes from its checkpoint: the --init model is not loaded again (it may
+  # since have been replaced by one past --steps)
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(diffae, "warm_start", lambda *a: pytest.fail("--init loaded on resume"))
+    assert main(["train-diffae", *TINY, "--steps", "5", "--init", str(run), "--out", str(out)]) == 0
+  steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+  assert steps[:3] == [4, 4, 5]  # step 4, its evaluation, then step 5 only
   from cfjax.nets.loading import load_network
   saved, _ = load_network(run)
   tx = diffusion.optimizer(1e-4)

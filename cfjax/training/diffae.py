@@ -205,8 +205,10 @@ def train(cfg: DiffaeTrainConfig, *, command: str | None = None,
   if (ckpts.latest_step() or 0) > cfg.steps:
     ckpts.close()
     raise CfjaxInputError(f"{out} already holds a checkpoint at step {ckpts.latest_step()}, past steps={cfg.steps}")
+  resuming = ckpts.latest_step() is not None  # the checkpoint holds the state: --init is not loaded
   try:
-    state = loop.train_loop(warm_start(cfg, config, tx), step_fn, batches, num_steps=cfg.steps,
+    initial = init_state(config, tx, cfg.seed) if resuming else warm_start(cfg, config, tx)
+    state = loop.train_loop(initial, step_fn, batches, num_steps=cfg.steps,
                             checkpoints=ckpts, log=log, checkpoint_every=cfg.checkpoint_every,
                             log_every=cfg.log_every, hooks=all_hooks, progress=progress,
                             desc=f"Diff-AE on {cfg.dataset}")
