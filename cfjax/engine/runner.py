@@ -73,6 +73,10 @@ class _Program:
     self.jitted, self.devices, self.executables = jitted, tuple(d.id for d in devices), {}
 
   def __call__(self, *args):
+    return self.executable(*args)(*args)
+
+  def executable(self, *args):
+    """The compiled program for these arguments, compiled on first use."""
     # The engine places every argument itself (parameters replicated, slots sharded), so within
     # one engine the structure, shapes and dtypes decide the program; this runs on every call.
     leaves, tree = jax.tree.flatten(args)
@@ -89,7 +93,7 @@ class _Program:
       while len(_PROGRAMS) > _MAX_PROGRAMS:
         _PROGRAMS.popitem(last=False)
       self.executables[sig] = exe
-    return exe(*args)
+    return exe
 
 
 class Engine:
