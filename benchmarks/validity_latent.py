@@ -59,7 +59,10 @@ def main(argv=None) -> dict:
   work = Path(args.work or f"/tmp/cfjax_{Path(args.out).stem}")
   lower, upper = squares_grid("lower", image_size=32), squares_grid("upper", image_size=32)
   ids = np.arange(args.offset, 315, args.every)
-  report = {"method": args.method, "generator": str(args.generator), "options_given": options,
+  from cfjax.nets.loading import load_network
+  train_steps = load_network(args.generator, kind="generator")[1].get("train_steps")
+  report = {"method": args.method, "generator": str(args.generator), "generator_train_steps": train_steps,
+            "options_given": options,
             "images": {"every": args.every, "offset": args.offset, "ids": ids.tolist()}, "seed": args.seed,
             "target": "mirror (+128/255)"}
   for name in args.models:

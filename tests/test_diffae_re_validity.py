@@ -45,16 +45,16 @@ def rho0(grids):
 
 
 def test_diffae_re_reaches_the_mirror_target(rho0):
-  """Most CEs land within 0.05 of the target. The bundled 6000-step Diff-AE reaches it on 7 of these
-  8 images, below the 90% that a fully trained Diff-AE is expected to give; the bar here guards
-  the level reached, not the goal."""
-  assert rho0["success_rate"] >= 0.75, rho0
-  assert rho0["mean_prediction_error"] < 0.06, rho0
+  """The issue's bar: >= 90% of the CEs within 0.05 of the target. The bundled 8500-step Diff-AE
+  reaches it on all 8 of these images (mean 91 iterations of 200) and on 15 of the 16 of
+  benchmarks/results/validity_latent_diffae_re_8500_seed2.json."""
+  assert rho0["success_rate"] >= 0.9, rho0
+  assert rho0["mean_prediction_error"] < 0.05, rho0
 
 
 def test_diffae_re_edit_is_concentrated_in_the_square(rho0):
-  """The edit of z_sem changes the square's interior more than the background, per pixel, and moves
-  the interior red towards the ideal counterfactual (the upper twin)."""
+  """The edit of z_sem changes the square's interior more than the background, per pixel (4.2x
+  on these images), and moves the interior red towards the ideal counterfactual (the upper twin)."""
   own = rho0["own_change"]
   assert own["inside_over_background"] > 4, own
   assert rho0["interior_red_distance_to_ideal_255"] < rho0["interior_red_original_to_ideal_255"], rho0
