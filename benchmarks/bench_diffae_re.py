@@ -122,11 +122,13 @@ def plot(res: dict, path) -> None:
     ax.plot([r["slots"] for r in rows], [r["predicted_ce_per_s"] for r in rows], marker="o", label=label)
   for r in res["throughput"]:
     ax.plot(r["slots"], r["ce_per_s"], marker="x", color="k", ls="none")
-  ax.set(xlabel="slots (examples in flight)", ylabel="CE/s", xscale="log",
-         title="CE/s vs batch size (lines: predicted, x: measured run)")
+  slots = sorted({r["slots"] for r in res["iteration"]})
+  ax.set(xlabel="slots (examples in flight)", ylabel="CE/s", xscale="log", xticks=slots, xticklabels=slots,
+         title="CE/s vs batch size (lines: predicted, x: measured runs)")
+  ax.minorticks_off()
   ax.legend(fontsize=8)
   ax = axs[1]
-  runs = [r for r in res["throughput"] if r["method"] == "diffae-re"]
+  runs = sorted((r for r in res["throughput"] if r["method"] == "diffae-re"), key=lambda r: r["decode_steps"])
   ax.plot([r["decode_steps"] for r in runs], [r["ce_per_s"] for r in runs], marker="o", label="diffae-re")
   for r in res["throughput"]:
     if r["method"] == "acre":
