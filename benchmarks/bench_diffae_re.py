@@ -13,8 +13,9 @@ Sections of the JSON (``benchmarks/results/bench_diffae_re[_quick].json``, plot 
   ``slots / (seconds_per_iteration * mean_iterations)``, with the mean iterations of the
   throughput run of the same method and decode steps: CE/s against batch size.
 * ``throughput``: one row per (method, decode_steps): a real ``Engine.run`` over all the images
-  on the engine of ``--run-slots`` slots (its programs already compiled): CE/s, success rate, mean
-  iterations, beside the CE/s its iteration timing predicts.
+  on the engine of ``run_slots`` slots (``workload.run_slots``; its programs already compiled): CE/s,
+  success rate, mean iterations, beside the CE/s its iteration timing predicts (the run ends with its
+  slowest image, so it falls below).
 * ``memory``: per decode_steps and mode ("unrolled", "rolled"), XLA's temp bytes and compile
   seconds of one Diff-AE-RE search step for a batch of 4 (``jit(vmap(step))``, the engine's step):
   the rolled decoder's memory stays flat in the number of steps, the unrolled one's grows.
@@ -22,7 +23,7 @@ Sections of the JSON (``benchmarks/results/bench_diffae_re[_quick].json``, plot 
 
 Usage:
   python benchmarks/bench_diffae_re.py --quick   # smoke check: 4 images, 2 and 4 slots, 5 and 10 steps
-  python benchmarks/bench_diffae_re.py           # 8 images; slots 2, 8, 16 at 10 decode steps; 5, 10, 20 at 8
+  python benchmarks/bench_diffae_re.py           # 8 images; slots 2-16 at 10 decode steps, 5 and 20 at 4
 """
 
 from __future__ import annotations
@@ -83,15 +84,20 @@ def measure(models, x, t, ids, grid: list[tuple], run_slots: int) -> tuple[list[
     it_rows.append(row)
     if slots == run_slots:
       r = {"method": name, "decode_steps": k, "slots": eng.num_slots, **engine_run(eng, x, t, ids)}
-      r["predicted_ce_per_s"] = eng.num_slots / (row["seconds_per_iteration"] * r["mean_iterations"])
+      r["predicted_ce_per_s"] = _predicted(row, r)
       common.log(f"  run: {r['ce_per_s']:.4f} CE/s (predicted {r['predicted_ce_per_s']:.4f}), "
                  f"success {r['success_rate']:.2f}, mean iterations {r['mean_iterations']:.1f}")
       run_rows.append(r)
   for row in it_rows:
     same = [r for r in run_rows if (r["method"], r["decode_steps"]) == (row["method"], row["decode_steps"])]
     if same:
-      row["predicted_ce_per_s"] = row["slots"] / (row["seconds_per_iteration"] * same[0]["mean_iterations"])
+      row["predicted_ce_per_s"] = _predicted(row, same[0])
   return it_rows, run_rows
+
+
+def _predicted(it_row: dict, run_row: dict) -> float:
+  """CE/s of a steady stream: slots / (seconds per iteration x the run's mean iterations)."""
+  return it_row["slots"] / (it_row["seconds_per_iteration"] * run_row["mean_iterations"])
 
 
 def step_memory(models, x, t, decode_steps) -> list[dict]:
